@@ -1,0 +1,32 @@
+"""Shared fixtures. Real public datasets live in ../shared/data (never copied into the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("C2S_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_file(relpath: str) -> Path:
+    """Path of a file under ../shared/data, or skip the test cleanly when it is absent."""
+    path = SHARED_DATA / relpath
+    if not path.exists():
+        pytest.skip(f"shared test data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pbmc68k():
+    """scanpy's bundled 700-cell PBMC subset (ships inside scanpy; no download)."""
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture
+def pbmc68k_copy(pbmc68k):
+    return pbmc68k.copy()
