@@ -98,3 +98,27 @@ class DeviceUnavailableError(C2SError):
 
 class InsufficientMemoryError(C2SError):
     """The model would not fit in the free memory of the chosen device."""
+
+
+class CancelledError(C2SError):
+    """The user cancelled a long model call; the work finished before the cancel is kept.
+
+    Attributes
+    ----------
+    done, total
+        Items (cells, prompts, texts) finished before the cancel, and items asked for.
+    partial
+        What was computed so far, in the form the cancelled function documents (for the
+        inference functions: ``{input_index: result}``), so a caller can keep or cache it.
+    """
+
+    def __init__(self, message: str, fix: str | None = None, *, done: int = 0, total: int = 0,
+                 partial: object = None) -> None:
+        super().__init__(message, fix)
+        self.done = done
+        self.total = total
+        self.partial = partial
+
+
+class MissingFileError(C2SError):
+    """The input path does not exist."""

@@ -213,7 +213,7 @@ def _numeric_block(chunk: pd.DataFrame, path: Path) -> np.ndarray:
         if bad.any():
             row = bad.idxmax()
             raise NonNumericDataError(
-                f"{path.name}: value {values[row]!r} in row {row!r}, column {column!r} is not "
+                f"{path.name}: value {values[row]!r} in row '{row}', column '{column}' is not "
                 f"a number ({int(bad.sum())} non-numeric value(s) in that column of this block)",
                 fix="keep only the expression matrix: gene/cell names in the first column and "
                 "the header row, numbers everywhere else (move annotations to a separate file)",
