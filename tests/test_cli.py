@@ -106,7 +106,7 @@ def test_inspect_prints_report_and_json(capsys):
     ("filename", "content", "needle"),
     [
         ("data.xlsx", b"PK\x03\x04 not really", "xlsx"),
-        ("data.h5ad", b"cell,CD3E\nc1,1\n", "corrupt"),
+        ("data.h5ad", b"cell,CD3E\nc1,1\n", "not hdf5"),
         ("data.csv", b"cell,CD3E,LYZ\nc1,1,abc\n", "abc"),
     ],
 )
