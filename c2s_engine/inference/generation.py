@@ -1,0 +1,205 @@
+"""Batched text generation with per-sequence stop strings.
+
+Prompts are tokenized once, sorted by token length and run in left-padded batches
+through ``model.generate`` with the KV cache on. Each sequence stops at the first stop
+string in its *new* tokens (or at EOS); a finished sequence is padded by ``generate``
+and the batch ends as soon as every sequence has finished. The answer is read from the
+generated token ids only: the prompt is sliced off by token count and only the new
+tokens are decoded, so a tokenizer whose decode does not reproduce the prompt text
+(normalisation, unknown words, collapsed spaces) cannot corrupt the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+
+from c2s_engine.inference.batching import (
+    ensure_pad_token,
+    pad_batch,
+    run_batches,
+    tokenize,
+    unpack_model,
+)
+from c2s_engine.inference.progress import CancelLike, ProgressFn
+
+DEFAULT_STOP = (".", "\n")
+
+
+class Generated(NamedTuple):
+    """One prompt's output (the item kept in ``CancelledError.partial``)."""
+
+    answer: str
+    completion: str
+    n_new_tokens: int
+
+
+@dataclass
+class GenerationResult:
+    """Outputs of :func:`generate`, every list in input order.
+
+    Attributes
+    ----------
+    answers
+        The completion cut before the first stop string, whitespace stripped.
+    completions
+        All decoded new tokens (special tokens skipped), stop string included.
+    n_new_tokens
+        Tokens generated per prompt, the stop token or EOS included, padding excluded.
+    batch_size
+        Batch size used at the end (smaller than asked after an out-of-memory back-off).
+    seconds, cells_per_s, tokens_per_s
+        Wall time of the call, prompts per second and generated tokens per second.
+    """
+
+    answers: list[str]
+    completions: list[str]
+    n_new_tokens: list[int]
+    batch_size: int
+    seconds: float
+    cells_per_s: float
+    tokens_per_s: float
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` before the earliest occurrence of any stop string, whitespace stripped."""
+    positions = [text.find(s) for s in stop or ()]
+    cut = min((p for p in positions if p >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+class FinishTracker(StoppingCriteria):
+    """Ends each sequence at the first stop string in its new text or at EOS.
+
+    It records how many tokens every sequence had generated when it finished, because
+    after that ``generate`` pads it (with EOS when pad is EOS), so the count cannot be
+    read back from the output. Only the last few new tokens are decoded at each step: a
+    stop string completed by the latest token lies within them, and earlier ones were
+    caught at earlier steps. Prompt tokens are never looked at, so a stop string in the
+    prompt cannot end a sequence.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], eos: Sequence[int], prompt_len: int,
+                 n_rows: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.eos = torch.tensor(list(eos), dtype=torch.long)
+        self.prompt_len = prompt_len
+        # One token holds at least one byte of a stop string; +2 absorbs decoders that
+        # alter the first decoded token (e.g. strip its leading space).
+        self.window = max((len(s.encode("utf-8")) for s in self.stop), default=0) + 2
+        self.finished_at = [0] * n_rows  # 0 = still running
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len:]
+        done = torch.isin(new[:, -1], self.eos.to(new.device)).tolist()
+        if self.stop:
+            texts = self.tokenizer.batch_decode(new[:, -self.window:], skip_special_tokens=True)
+            done = [d or any(s in t for s in self.stop) for d, t in zip(done, texts, strict=True)]
+        for row, is_done in enumerate(done):
+            if is_done and not self.finished_at[row]:
+                self.finished_at[row] = new.shape[1]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    stop: Sequence[str] | None = DEFAULT_STOP,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+    cancel: CancelLike = None,
+) -> GenerationResult:
+    """Generate a completion for every prompt, in length-bucketed batches.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A Hugging Face causal LM and its tokenizer, or a ``LoadedModel`` and None.
+        The tokenizer gets a pad token (its EOS) if it has none.
+    prompts
+        Prompt strings (already formatted by a template).
+    max_new_tokens
+        Most tokens to generate per prompt.
+    stop
+        Each sequence stops after the first of these strings appears in its new text;
+        None or ``()`` stops only at EOS or ``max_new_tokens``. For cell sentences pass
+        the template's ``stop.stop_strings`` so gene ids with an inner dot survive.
+    do_sample, temperature, top_p, top_k
+        Greedy decoding by default; with ``do_sample=True`` the usual sampling controls
+        (``top_k=0`` and ``top_p=1.0`` disable those filters).
+    seed
+        Seeds torch's global generator (``transformers.set_seed``) before the first batch,
+        so a sampled call is reproducible for the same prompts, batch size and device.
+    batch_size
+        Prompts per batch to start with; halved on out-of-memory.
+    progress, cancel
+        See :mod:`c2s_engine.inference.progress`.
+
+    Returns
+    -------
+    GenerationResult
+
+    Raises
+    ------
+    CancelledError
+        ``partial`` maps input index -> :class:`Generated` for the finished prompts.
+    InsufficientMemoryError
+        When one prompt alone does not fit in device memory.
+    """
+    model, tokenizer = unpack_model(model, tokenizer)
+    ensure_pad_token(tokenizer)
+    ids = tokenize(tokenizer, prompts)
+    eos = _eos_ids(model, tokenizer)
+    options: dict = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "use_cache": True,
+                     "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
+    if do_sample:
+        options.update(temperature=temperature, top_p=top_p, top_k=top_k)
+    if seed is not None:
+        set_seed(seed)
+
+    def work(indices: list[int]) -> list[Generated]:
+        batch = pad_batch(tokenizer, [ids[i] for i in indices], "left", model.device)
+        prompt_len = batch["input_ids"].shape[1]
+        tracker = FinishTracker(tokenizer, stop or (), eos, prompt_len, len(indices))
+        with torch.inference_mode():
+            out = model.generate(**batch, stopping_criteria=StoppingCriteriaList([tracker]),
+                                 **options)
+        rows = []
+        for new, finished_at in zip(out[:, prompt_len:].tolist(), tracker.finished_at,
+                                    strict=True):
+            n = finished_at or len(new)
+            completion = tokenizer.decode(new[:n], skip_special_tokens=True)
+            rows.append(Generated(cut_at_stop(completion, stop), completion, n))
+        return rows
+
+    run = run_batches([len(x) for x in ids], work, batch_size=batch_size, progress=progress,
+                      cancel=cancel, unit="prompts")
+    n_tokens = [r.n_new_tokens for r in run.results]
+    return GenerationResult(
+        answers=[r.answer for r in run.results],
+        completions=[r.completion for r in run.results],
+        n_new_tokens=n_tokens,
+        batch_size=run.batch_size,
+        seconds=run.seconds,
+        cells_per_s=run.items_per_s,
+        tokens_per_s=sum(n_tokens) / run.seconds if run.seconds > 0 else 0.0,
+    )

@@ -1,0 +1,168 @@
+"""Batched generation: same tokens as one-prompt generate, order, stops, sampling, parsing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from c2s_engine.inference import cut_at_stop, generate
+
+pytest_plugins = ["tiny_checkpoints"]
+
+# Prompts of different token lengths, deliberately not sorted by length.
+PROMPTS = [
+    "CD3E CD3D IL7R",
+    "MALAT1 B2M TMSB4X EEF1A1 RPL13 RPS27 CD74 HLA-DRA LYZ S100A9 Cell sentence :",
+    "LYZ",
+    "The cell type corresponding to these genes is :",
+    "NKG7 GNLY FCGR3A CST3 FTL",
+]
+
+
+def load(path, arch):
+    extra = {"attn_implementation": "eager"} if arch == "gemma2" else {}
+    return (AutoModelForCausalLM.from_pretrained(path, **extra).eval(),
+            AutoTokenizer.from_pretrained(path))
+
+
+@pytest.fixture(params=["gpt_neox", "gemma2"])
+def tiny(request, tiny_gpt_neox_dir, tiny_gemma2_dir):
+    path = tiny_gpt_neox_dir if request.param == "gpt_neox" else tiny_gemma2_dir
+    return load(path, request.param)
+
+
+# The scripted model's next token depends only on the current token.
+SUCCESSOR = {":": "NK", "NK": "cell", "cell": ".", ".": "monocyte", "monocyte": "<eos>",
+             "B": "T", "T": "B"}
+
+
+@pytest.fixture
+def scripted(tiny_gpt_neox_dir):
+    """The tiny GPT-NeoX rewired so that generation follows SUCCESSOR exactly.
+
+    Zeroing every block's output projections makes each block the identity, so the final
+    hidden state is the normalised embedding of the current token; each successor's
+    output row is set to that vector, giving it by far the highest logit.
+    """
+    model, tok = load(tiny_gpt_neox_dir, "gpt_neox")
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            for proj in (layer.attention.dense, layer.mlp.dense_4h_to_h):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        head = model.get_output_embeddings().weight
+        head.zero_()
+        for src, dst in SUCCESSOR.items():
+            src_id, dst_id = tok.convert_tokens_to_ids([src, dst])
+            hidden = model.gpt_neox.final_layer_norm(model.get_input_embeddings().weight[src_id])
+            head[dst_id] = hidden / hidden.norm() * 10
+    return model, tok
+
+
+def test_greedy_batches_give_the_tokens_of_one_prompt_generate(tiny):
+    model, tok = tiny
+    result = generate(model, tok, PROMPTS, max_new_tokens=6, stop=None, batch_size=2)
+    for i, prompt in enumerate(PROMPTS):
+        enc = tok(prompt, return_tensors="pt")
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:]
+        assert result.completions[i] == tok.decode(new, skip_special_tokens=True)
+        assert result.n_new_tokens[i] == len(new)
+    assert result.batch_size == 2
+    assert result.cells_per_s > 0 and result.seconds > 0
+
+
+def test_input_order_is_kept_whatever_the_bucketing(tiny):
+    model, tok = tiny
+    forward = generate(model, tok, PROMPTS, max_new_tokens=4, stop=None, batch_size=2)
+    backward = generate(model, tok, PROMPTS[::-1], max_new_tokens=4, stop=None, batch_size=3)
+    singles = [generate(model, tok, [p], max_new_tokens=4, stop=None).completions[0]
+               for p in PROMPTS]
+    assert forward.completions == singles
+    assert backward.completions == singles[::-1]
+
+
+def test_each_sequence_stops_at_its_own_stop_or_eos(scripted):
+    model, tok = scripted
+    prompts = ["CD3E . The cell type is :", "LYZ monocyte", "CD74 B"]
+    result = generate(model, tok, prompts, max_new_tokens=7, stop=(".",), batch_size=3)
+    # The '.' inside the first prompt must not stop anything: only new text counts.
+    assert result.answers == ["NK cell", "", "T B T B T B T"]
+    assert result.completions == ["NK cell .", "", "T B T B T B T"]
+    # Stop token and EOS count as generated; padding after a finished row does not.
+    assert result.n_new_tokens == [3, 1, 7]
+
+
+def test_without_stop_strings_generation_runs_to_eos(scripted):
+    model, tok = scripted
+    result = generate(model, tok, ["LYZ :"], max_new_tokens=20, stop=None)
+    assert result.completions == ["NK cell . monocyte"]
+    assert result.answers == ["NK cell . monocyte"]
+    assert result.n_new_tokens == [5]
+    multi = generate(model, tok, ["LYZ :"], max_new_tokens=20, stop=("monocyte", "cell"))
+    assert multi.answers == ["NK"]  # the earliest stop string wins
+
+
+def test_answer_comes_from_new_tokens_not_from_removing_the_prompt(scripted):
+    model, tok = scripted
+    # Double spaces, a tab and an unknown word: decoding the prompt's tokens does not give
+    # the prompt back, so removing the prompt string from the decoded text would fail.
+    prompt = "CD3E  CD3D\tXYZZY LYZ :"
+    decoded_prompt = tok.decode(tok(prompt)["input_ids"], skip_special_tokens=True)
+    assert decoded_prompt != prompt
+    result = generate(model, tok, [prompt], max_new_tokens=5)
+    assert result.answers == ["NK cell"]
+    assert result.completions == ["NK cell ."]
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny):
+    model, tok = tiny
+    kwargs = {"max_new_tokens": 12, "stop": None, "do_sample": True, "temperature": 2.0,
+              "batch_size": 2}
+    first = generate(model, tok, PROMPTS, seed=1, **kwargs)
+    again = generate(model, tok, PROMPTS, seed=1, **kwargs)
+    other = generate(model, tok, PROMPTS, seed=2, **kwargs)
+    greedy = generate(model, tok, PROMPTS, max_new_tokens=12, stop=None)
+    assert first.completions == again.completions
+    assert first.completions != other.completions
+    assert first.completions != greedy.completions
+
+
+def test_a_tokenizer_without_pad_token_gets_eos(tiny):
+    model, tok = tiny
+    expected = generate(model, tok, PROMPTS, max_new_tokens=3, stop=None).completions
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    assert generate(model, tok, PROMPTS, max_new_tokens=3, stop=None,
+                    batch_size=5).completions == expected
+    assert tok.pad_token == tok.eos_token
+
+
+def test_a_loaded_model_brings_its_tokenizer(tiny):
+    model, tok = tiny
+
+    class Loaded:  # the shape of c2s_engine.models.LoadedModel that generate relies on
+        def __init__(self):
+            self.model, self.tokenizer = model, tok
+
+    assert generate(Loaded(), None, PROMPTS[:2], max_new_tokens=3).answers == \
+        generate(model, tok, PROMPTS[:2], max_new_tokens=3).answers
+
+
+@pytest.mark.parametrize(("text", "stop", "expected"), [
+    (" NK cell. monocyte\n", (".", "\n"), "NK cell"),
+    (" AL627309.1 CD3E.\nB", (". ", ".\n"), "AL627309.1 CD3E"),
+    ("one\ntwo.", (".", "\n"), "one"),
+    ("  no stop here ", (".",), "no stop here"),
+    (" kept whole. ", None, "kept whole."),
+])
+def test_cut_at_stop(text, stop, expected):
+    assert cut_at_stop(text, stop) == expected
+
+
+def test_no_prompts_give_an_empty_result(tiny):
+    model, tok = tiny
+    result = generate(model, tok, [], max_new_tokens=3)
+    assert (result.answers, result.completions, result.n_new_tokens) == ([], [], [])
