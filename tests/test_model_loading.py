@@ -204,7 +204,7 @@ def test_c2s_json_card_wins_and_inherits_from_its_base(tiny_gemma2_dir):
     assert card.license == "CC-BY-4.0"  # inherited from the registry base
     assert card.architecture == "Gemma2ForCausalLM"
     assert card.n_parameters < 1_000_000  # counted, not the base's 2.6B
-    assert card.supports("spatial_niche_prediction")
+    assert card.supports("spatial_niche_label_prediction")
     assert card.supports("cell_type_prediction")
     assert not card.supports("question_answering")
 

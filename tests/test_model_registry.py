@@ -54,14 +54,14 @@ def test_known_facts_of_the_released_checkpoints():
 def test_supports():
     cell_type = get_card("vandijklab/C2S-Pythia-410m-cell-type-prediction")
     assert cell_type.supports("cell_type_prediction")
-    assert not cell_type.supports("cell_generation")
+    assert not cell_type.supports("cell_type_generation")
     generation = get_card("vandijklab/C2S-Pythia-410m-cell-type-conditioned-cell-generation")
-    assert generation.supports("cell_generation") and not generation.supports("embedding")
+    assert generation.supports("cell_type_generation") and not generation.supports("embedding")
     gemma = get_card("vandijklab/C2S-Scale-Gemma-2-2B")
-    assert gemma.supports("question_answering") and gemma.supports("cluster_caption")
-    assert not gemma.supports("spatial_niche_prediction")
+    assert gemma.supports("question_answering") and gemma.supports("cluster_captioning")
+    assert not gemma.supports("spatial_niche_label_prediction")
     spatial = ModelCard.from_dict({"tasks": ["spatial_*"]}, defaults=gemma)
-    assert spatial.supports("spatial_niche_prediction")
+    assert spatial.supports("spatial_niche_label_prediction")
     assert not spatial.supports("cell_type_prediction")
 
 

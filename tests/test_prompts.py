@@ -36,10 +36,10 @@ EXTRA_TASKS = [
     "cluster_captioning",
     "question_answering",
     "perturbation_response",
-    "niche_label_prediction",
-    "neighbor_generation",
+    "spatial_niche_label_prediction",
+    "spatial_neighbor_generation",
     "spatial_neighborhood_prediction",
-    "same_niche_prediction",
+    "spatial_same_niche_prediction",
 ]
 MAIN_TASKS = ["cell_type_prediction", "cell_type_generation", "tissue_prediction",
               "natural_language_interpretation", "perturbation_response",

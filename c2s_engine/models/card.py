@@ -13,23 +13,13 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from c2s_engine.errors import ModelCardError
+from c2s_engine.prompts import Registry
 
 CARD_FILENAME = "c2s.json"
 
-#: Task ids understood by the engine. ``spatial_*`` stands for the family of spatial tasks
-#: (niche prediction, neighbour generation, same-neighbourhood questions, ...).
-TASKS: tuple[str, ...] = (
-    "cell_type_prediction",
-    "cell_generation",
-    "multi_cell",
-    "tissue_prediction",
-    "abstract_summary",
-    "cluster_caption",
-    "question_answering",
-    "perturbation",
-    "spatial_*",
-    "embedding",
-)
+#: Task ids understood by the engine: the prompt-registry task ids (one YAML template each),
+#: ``embedding`` (no prompt), and ``spatial_*`` for every spatial task at once.
+TASKS: tuple[str, ...] = (*Registry(use_env=False).list_tasks(), "embedding", "spatial_*")
 
 ORGANISMS: tuple[str, ...] = ("Homo sapiens", "Mus musculus")
 

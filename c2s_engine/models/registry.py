@@ -21,12 +21,19 @@ from c2s_engine.errors import ModelCardError, ModelNotFoundError, UnsupportedArc
 from c2s_engine.models.card import CARD_FILENAME, ModelCard
 
 _GEMMA_TASKS = (
+    "cell_language_modeling",
+    "gene_set_enumeration",
+    "gene_set_naming",
     "cell_type_prediction",
-    "cell_generation",
-    "multi_cell",
+    "cell_type_generation",
+    "multi_cell_language_modeling",
+    "sample_cell_types_prediction",
+    "tissue_conditioned_sample_generation",
+    "cell_types_conditioned_sample_generation",
+    "abstract_conditioned_sample_generation",
     "tissue_prediction",
-    "abstract_summary",
-    "cluster_caption",
+    "natural_language_interpretation",
+    "cluster_captioning",
     "question_answering",
     "embedding",
 )
@@ -34,10 +41,14 @@ _GEMMA_TASKS = (
 # dataset abstracts; QA, captioning, perturbation and spatial tasks need fine-tuning first.
 _PYTHIA_MULTI_TASKS = (
     "cell_type_prediction",
-    "cell_generation",
-    "multi_cell",
+    "cell_type_generation",
+    "multi_cell_language_modeling",
+    "sample_cell_types_prediction",
+    "tissue_conditioned_sample_generation",
+    "cell_types_conditioned_sample_generation",
+    "abstract_conditioned_sample_generation",
     "tissue_prediction",
-    "abstract_summary",
+    "natural_language_interpretation",
     "embedding",
 )
 _PYTHIA_410M = {
@@ -156,7 +167,7 @@ _ENTRIES: dict[str, tuple[ModelCard, tuple[str, dict[str, Any]]]] = {
             name="vandijklab/C2S-Pythia-410m-cell-type-conditioned-cell-generation",
             architecture="GPTNeoXForCausalLM",
             n_parameters=405_334_016,
-            tasks=("cell_generation",),
+            tasks=("cell_type_generation",),
             top_k=200,
             organisms=("Homo sapiens", "Mus musculus"),
             context_length=2048,
