@@ -30,3 +30,9 @@ def pbmc68k():
 @pytest.fixture
 def pbmc68k_copy(pbmc68k):
     return pbmc68k.copy()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_result_cache(tmp_path_factory, monkeypatch):
+    """Model results are cached on disk; tests never read or write the user's cache."""
+    monkeypatch.setenv("C2S_CACHE_DIR", str(tmp_path_factory.mktemp("c2s-cache")))

@@ -1,0 +1,1 @@
+"""Sub-commands of ``c2s`` beyond the data commands; each module has ``register(subparsers)``."""
