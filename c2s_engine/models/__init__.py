@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+# bitsandbytes' CPU backend tries to fetch an optional kernel from the Hugging Face Hub and
+# logs a warning on every start when it cannot; we never download at run time, so the
+# message is noise to users (4-bit runs on CUDA, where that kernel is not used).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from c2s_engine.models.card import TASKS, ModelCard
 from c2s_engine.models.loading import LoadedModel, load_model
 from c2s_engine.models.memory import MemoryEstimate, estimate_memory, resolve_target
