@@ -9,10 +9,10 @@ import logging
 # message is noise to users (4-bit runs on CUDA, where that kernel is not used).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from c2s_engine.models.card import TASKS, ModelCard
-from c2s_engine.models.loading import LoadedModel, load_model
-from c2s_engine.models.memory import MemoryEstimate, estimate_memory, resolve_target
-from c2s_engine.models.registry import get_card, list_models
+from c2s_engine.models.card import TASKS, ModelCard  # noqa: E402
+from c2s_engine.models.loading import LoadedModel, load_model  # noqa: E402
+from c2s_engine.models.memory import MemoryEstimate, estimate_memory, resolve_target  # noqa: E402
+from c2s_engine.models.registry import get_card, list_models  # noqa: E402
 
 __all__ = [
     "TASKS",
