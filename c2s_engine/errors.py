@@ -122,3 +122,31 @@ class CancelledError(C2SError):
 
 class MissingFileError(C2SError):
     """The input path does not exist."""
+
+
+class SpatialDataError(C2SError):
+    """Spatial coordinates or the spatial neighbour graph are missing or unusable."""
+
+
+class InteractionTableError(C2SError):
+    """A ligand-receptor table cannot be read or lacks its ligand/receptor columns."""
+
+
+class ObsColumnError(C2SError):
+    """A column named by the user (labels, truth, groupby) is not in ``adata.obs``."""
+
+
+class LabelsError(C2SError):
+    """Candidate or true cell labels are missing, empty or unreadable."""
+
+
+class TaskOptionError(C2SError):
+    """A task option is out of range or conflicts with another option."""
+
+
+class GroupingError(C2SError):
+    """A cluster name or a list of cells (a scope) does not exist in the data."""
+
+
+class QuestionError(C2SError):
+    """A question for answer_question is empty or unusable."""

@@ -118,7 +118,8 @@ def require_cells(sentences: Sequence[str], what: str) -> None:
         raise SentenceError(f"no cells to {what}", "select at least one cell")
 
 
-def _cache(cache: CacheLike) -> ResultCache | None:
+def result_cache(cache: CacheLike) -> ResultCache | None:
+    """The cache a task uses: None when disabled (``cache=False``), else the given or default one."""
     if cache is False:
         return None
     if cache is None or cache is True:
@@ -182,7 +183,7 @@ def cached_generate(
         return result.answers
 
     start = time.perf_counter()
-    store = _cache(cache)
+    store = result_cache(cache)
     if store is None:
         answers = compute(list(prompts))
     else:
@@ -218,7 +219,7 @@ def cached_scores(
         return [np.asarray(row, dtype=np.float64) for row in result.loglik]
 
     start = time.perf_counter()
-    store = _cache(cache)
+    store = result_cache(cache)
     if store is None:
         rows = compute(list(prompts))
     else:
@@ -247,7 +248,7 @@ def cached_embeddings(
                           progress=progress, cancel=cancel))
 
     start = time.perf_counter()
-    store = _cache(cache)
+    store = result_cache(cache)
     if store is None:
         rows = compute(list(texts))
     else:
