@@ -150,3 +150,15 @@ class GroupingError(C2SError):
 
 class QuestionError(C2SError):
     """A question for answer_question is empty or unusable."""
+
+
+class MetricError(C2SError):
+    """Inputs to an evaluation metric are unusable (too few cells, no shared genes, bad sizes)."""
+
+
+class WorkspaceError(C2SError):
+    """A web-app workspace id is malformed, or its saved files cannot be read."""
+
+
+class GeneSetFileError(C2SError):
+    """A gene-set (GMT) file cannot be parsed or holds no gene set."""
