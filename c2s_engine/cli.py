@@ -161,12 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=cmd_sentences)
 
-    from c2s_engine.commands import cells, models, perturb_spatial, text
+    from c2s_engine.commands import cells, models, perturb_spatial, text, train
 
     models.register(sub)
     cells.register(sub)
     text.register(sub)
     perturb_spatial.register(sub)
+    train.register(sub)
 
     p = sub.add_parser("app", help="start the C2S Studio web app")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")

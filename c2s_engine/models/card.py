@@ -8,7 +8,7 @@ registry entry under ``"base"`` and then only needs the fields that differ from 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -52,6 +52,10 @@ class ModelCard:
         Name of the prompt-template family matching the model's training wording.
     license, description
         Free text shown to users.
+    training
+        How the checkpoint was made, for models trained with ``c2s train``: the command,
+        data source, the exact split (held-out cell names or held-out values) and held-out
+        metrics, so anyone can re-score it. Empty for released checkpoints.
     """
 
     name: str
@@ -64,6 +68,7 @@ class ModelCard:
     prompt_family: str
     license: str = ""
     description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
 
     def supports(self, task: str) -> bool:
         """Whether the model was trained for ``task`` (``spatial_*`` covers every spatial task)."""
@@ -96,7 +101,9 @@ class ModelCard:
             )
         values = dataclasses.asdict(defaults) if defaults is not None else {}
         values.update({k: v for k, v in data.items() if k != "base"})
-        missing = sorted(fields - set(values))
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(values))
         if missing:
             raise ModelCardError(
                 f"{source} lacks the fields {missing}",
@@ -116,6 +123,8 @@ class ModelCard:
                 f"{source} lists unknown tasks {bad_tasks}",
                 f"use task ids among: {', '.join(TASKS)}",
             )
+        if not isinstance(values.get("training", {}), dict):
+            raise ModelCardError(f'{source}: "training" must be an object', None)
         for key in ("n_parameters", "top_k", "context_length"):
             if isinstance(values[key], bool) or not isinstance(values[key], int):
                 raise ModelCardError(f'{source}: "{key}" must be an integer', None)
