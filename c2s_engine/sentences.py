@@ -428,7 +428,14 @@ def sentences_from_ranks(ranks: np.ndarray, gene_names: Sequence[str]) -> list[s
     # One join for all cells, then each sentence is a slice of it: no per-word Python work.
     # A word takes its length plus one separator; the extra last entry is the -1 padding.
     word_chars = np.fromiter((len(n) + 1 for n in names), dtype=np.int64, count=names.size)
-    row_chars = np.append(word_chars, 0).take(ranks).sum(axis=1)
+    word_chars = np.append(word_chars, 0)
+    rows_at_once = max(1, 4_000_000 // max(ranks.shape[1], 1))  # bounds the take's temporary
+    row_chars = np.concatenate(
+        [
+            word_chars.take(ranks[i : i + rows_at_once]).sum(axis=1)
+            for i in range(0, ranks.shape[0], rows_at_once)
+        ]
+    )
     ends = np.cumsum(row_chars)
     starts = ends - row_chars
     text = " ".join(names.take(genes).tolist())

@@ -19,6 +19,9 @@ from c2s_engine.sentences import (
     sentences_from_ranks,
 )
 
+# The hand-made AnnData holds an all-zero cell on purpose; scanpy warns about it when normalising.
+pytestmark = pytest.mark.filterwarnings("ignore:Some cells have zero counts:UserWarning")
+
 # Genes 1 and 3 tie in cell 0; cell 1 is empty; cell 2 has two genes.
 TIED = np.array(
     [
@@ -185,6 +188,16 @@ def test_sentences_from_ranks_joins_names():
     names = ["CD3D", "MS4A1", "LYZ"]
     ranks = np.array([[2, 0, -1], [-1, -1, -1], [1, -1, -1]])
     assert sentences_from_ranks(ranks, names) == ["LYZ CD3D", "", "MS4A1"]
+
+
+def test_sentences_from_very_wide_ranks_in_row_chunks():
+    # 1M columns: the per-row lengths are computed a few rows at a time.
+    ranks = np.full((5, 1_000_001), -1, dtype=np.int32)
+    ranks[0, :2] = [1, 0]
+    ranks[3, :3] = [2, 2, 1]
+    ranks[4, 0] = 0
+    expected = ["MS4A1 CD3D", "", "", "LYZ LYZ MS4A1", "CD3D"]
+    assert sentences_from_ranks(ranks, ["CD3D", "MS4A1", "LYZ"]) == expected
 
 
 def counts_adata() -> ad.AnnData:
