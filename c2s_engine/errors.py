@@ -162,3 +162,7 @@ class WorkspaceError(C2SError):
 
 class GeneSetFileError(C2SError):
     """A gene-set (GMT) file cannot be parsed or holds no gene set."""
+
+
+class MissingDependencyError(C2SError):
+    """An optional package a step needs (e.g. igraph for Leiden clustering) is not installed."""

@@ -23,7 +23,8 @@ def _attempt(load, source: str) -> None:
     """Run a loader and keep its dataset, or its one-line error, in the session."""
     try:
         with st.spinner(f"Reading and checking {source}..."):
-            st.session_state[state.DATASET_KEY] = load()
+            # Kept in the session and saved to its workspace, so a refresh does not lose it.
+            state.set_dataset(st.session_state, load())
         st.session_state.pop(state.ERROR_KEY, None)
     except C2SError as err:
         st.session_state[state.ERROR_KEY] = str(err)

@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+# The browser test drives Debian's chromium; install it when missing (needs root or sudo).
+bash "$ROOT/scripts/ensure_chromium.sh"
 echo "[test] ruff"
 ruff check .
 echo "[test] pytest"

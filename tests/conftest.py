@@ -36,3 +36,5 @@ def pbmc68k_copy(pbmc68k):
 def _isolated_result_cache(tmp_path_factory, monkeypatch):
     """Model results are cached on disk; tests never read or write the user's cache."""
     monkeypatch.setenv("C2S_CACHE_DIR", str(tmp_path_factory.mktemp("c2s-cache")))
+    # web-app sessions save their work on disk; never into the user's home folder
+    monkeypatch.setenv("C2S_WORKSPACE_DIR", str(tmp_path_factory.mktemp("c2s-workspaces")))

@@ -20,10 +20,17 @@ from webapp.state import (
     safe_filename,
 )
 
+pytest_plugins = ["tiny_checkpoints", "webapp_helpers"]
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "webapp" / "app.py"
 # Reading and preparing the 700-cell example takes a few seconds on a busy 2-core machine.
 TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def _tiny_demo_and_private_workspaces(webapp_env):
+    """The sidebar loads `demo`: a tiny model here; workspaces go to a temp folder."""
 
 
 # --- launcher -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Entry script of the C2S Studio web app: logo, page navigation and the sidebar dataset card.
+"""Entry script of the C2S Studio web app: logo, page navigation, workspace and sidebar.
 
 Run it with ``c2s app`` (see ``webapp/launch.py``), which starts Streamlit with safe settings.
 """
@@ -9,30 +9,42 @@ from pathlib import Path
 
 import streamlit as st
 
-from webapp.state import DATASET_KEY, dataset_card
+from c2s_engine.errors import WorkspaceError
+from webapp import state
+from webapp.sidebar import render_sidebar
 
 ROOT = Path(__file__).resolve().parent.parent
 
+UPLOAD_PAGE = st.Page(
+    state.UPLOAD_SCRIPT, title="Upload data", icon=":material/upload_file:"
+)
 # Pages in menu order. Later pages are added by listing them here.
 PAGES = [
-    st.Page(
-        ROOT / "pages" / "1_Upload_data.py", title="Upload data", icon=":material/upload_file:"
-    ),
+    UPLOAD_PAGE,
+    st.Page(ROOT / "pages" / "2_Annotate.py", title="Annotate", icon=":material/label:"),
+    st.Page(ROOT / "pages" / "3_Caption_clusters.py", title="Caption clusters",
+            icon=":material/short_text:"),
+    st.Page(ROOT / "pages" / "4_Dataset_summary.py", title="Dataset summary",
+            icon=":material/summarize:"),
+    st.Page(ROOT / "pages" / "5_Ask_questions.py", title="Ask questions",
+            icon=":material/forum:"),
+    st.Page(ROOT / "pages" / "6_Simulate_perturbations.py", title="Simulate perturbations",
+            icon=":material/science:"),
+    st.Page(ROOT / "pages" / "7_Spatial_neighborhoods.py", title="Spatial neighborhoods",
+            icon=":material/scatter_plot:"),
 ]
 
 st.set_page_config(page_title="C2S Studio", page_icon=":material/biotech:", layout="wide")
 st.logo(str(ROOT / "assets" / "logo.svg"), size="large")
 
+# Before the page: a refreshed browser tab gets its saved dataset and results back.
+try:
+    state.attach_workspace(st.session_state, st.query_params)
+except WorkspaceError as err:
+    st.error(str(err))
+
 page = st.navigation(PAGES)
 page.run()
 
-# Drawn after the page so that a dataset loaded during this run is already shown.
-with st.sidebar.container(border=True):
-    dataset = st.session_state.get(DATASET_KEY)
-    if dataset is None:
-        st.caption("No dataset loaded yet. Start on the Upload data page.")
-    else:
-        card = dataset_card(dataset)
-        st.caption("Current dataset")
-        st.text(card.pop("Dataset"))  # text, not markdown: file names may contain * or _
-        st.markdown("  \n".join(f"{label}: {value}" for label, value in card.items()))
+# Drawn after the page so that a dataset or model chosen during this run is already shown.
+render_sidebar(UPLOAD_PAGE)

@@ -1,12 +1,17 @@
-"""The dataset a browser session works on, and how it gets there.
+"""The dataset a browser session works on, how it gets there, and where it is saved.
 
 Every page reads the current dataset from ``st.session_state[DATASET_KEY]``. Loading goes through
 the engine (``c2s_engine.readers.read`` then ``c2s_engine.validation.prepare``), so the app applies
-exactly what the CLI applies. Nothing here draws widgets.
+exactly what the CLI applies. The dataset and its results are also saved in the session's
+workspace (:mod:`webapp.workspace`), whose id is kept in the page URL (``?ws=<id>``) so that a
+refreshed page, or one opened after a server restart, finds its work again. The session state
+is passed in as a mapping, so everything here works (and is tested) without a browser. Nothing
+here draws widgets.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import tempfile
@@ -17,18 +22,27 @@ from typing import Any, BinaryIO
 
 import anndata as ad
 
-from c2s_engine.errors import UnsupportedFormatError
+from c2s_engine.errors import UnsupportedFormatError, WorkspaceError
 from c2s_engine.normalization import source_label
 from c2s_engine.readers import SUPPORTED_FORMATS as READER_FORMATS
 from c2s_engine.readers import read
-from c2s_engine.validation import ValidationReport, prepare
+from c2s_engine.validation import Problem, ValidationReport, prepare
+from webapp.workspace import Workspace, is_workspace_id, new_workspace_id
 
 DATASET_KEY = "c2s_dataset"
 ERROR_KEY = "c2s_load_error"
 LAST_UPLOAD_KEY = "c2s_last_upload"
 WORKDIR_KEY = "c2s_upload_dir"
+WORKSPACE_KEY = "c2s_workspace"
+#: Names (``obs_names``) of the cells picked with the lasso or box on a plot; other pages can
+#: restrict their work to them.
+SELECTION_KEY = "c2s_selection"
+#: Query parameter of the page URL that holds the workspace id.
+WORKSPACE_PARAM = "ws"
 
 EXAMPLE_NAME = "PBMC 68k reduced (scanpy example)"
+#: The Upload page script, for links from other pages ("load a dataset first").
+UPLOAD_SCRIPT = Path(__file__).resolve().parent.parent / "pages" / "1_Upload_data.py"
 # A browser uploads single files, so a 10x folder has to come zipped.
 SUPPORTED_FORMATS = ", ".join(f for f in READER_FORMATS if "folder" not in f or "zip" in f)
 
@@ -145,3 +159,132 @@ def report_rows(report: ValidationReport) -> dict[str, str]:
         "Embeddings": ", ".join(report.embeddings) or "none",
         "Spatial coordinates": spatial,
     }
+
+
+def working_copy(adata: ad.AnnData) -> ad.AnnData:
+    """A copy to run a task on, so that a failed or cancelled run leaves ``adata`` untouched.
+
+    Everything a task writes (obs columns, obsm/obsp/layers entries, ``uns``) goes into new
+    containers, while the expression matrices are shared, not copied: tasks add results and
+    never change expression values in place. Backed data is read into memory, because a task
+    writes keys that a read-only file cannot take.
+    """
+    if adata.isbacked:
+        return adata.to_memory()
+    return ad.AnnData(
+        X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(), uns=copy.deepcopy(dict(adata.uns)),
+        obsm=dict(adata.obsm), varm=dict(adata.varm), obsp=dict(adata.obsp),
+        varp=dict(adata.varp), layers=dict(adata.layers), raw=adata.raw,
+    )
+
+
+def _saved_info(dataset: LoadedDataset) -> dict[str, Any]:
+    return {"name": dataset.name, "report": dataset.report.to_dict()}
+
+
+def _from_saved(adata: ad.AnnData, info: dict[str, Any]) -> LoadedDataset:
+    fields = dict(info.get("report") or {"n_cells": adata.n_obs, "n_genes": adata.n_vars})
+    fields.pop("ok", None)
+    fields["problems"] = [Problem(**p) for p in fields.get("problems", [])]
+    return LoadedDataset(str(info.get("name", "saved dataset")), adata, ValidationReport(**fields))
+
+
+def attach_workspace(
+    session: MutableMapping[str, Any], query_params: MutableMapping[str, str]
+) -> Workspace:
+    """The session's workspace; on a session's first run, the one named in the URL.
+
+    A fresh session whose URL names a workspace (a refreshed page) gets that workspace back,
+    with its saved dataset and results put in the session. Otherwise a new id is made. The id is
+    (re)written into ``query_params`` on every call because switching pages drops the URL's
+    query.
+
+    Raises
+    ------
+    WorkspaceError
+        The saved dataset cannot be read; the session then starts a new, empty workspace.
+    """
+    workspace = session.get(WORKSPACE_KEY)
+    if workspace is None:
+        wanted = query_params.get(WORKSPACE_PARAM)
+        workspace = Workspace(wanted if is_workspace_id(wanted) else new_workspace_id())
+        try:
+            saved = workspace.load_dataset()
+        except WorkspaceError:
+            # The broken files stay on disk for inspection; this session starts afresh.
+            session[WORKSPACE_KEY] = Workspace(new_workspace_id())
+            query_params[WORKSPACE_PARAM] = session[WORKSPACE_KEY].id
+            raise
+        session[WORKSPACE_KEY] = workspace
+        if saved is not None:
+            session[DATASET_KEY] = _from_saved(*saved)
+    query_params[WORKSPACE_PARAM] = workspace.id
+    return workspace
+
+
+def session_workspace(session: MutableMapping[str, Any]) -> Workspace:
+    """The session's workspace (made on first use when the app did not attach one)."""
+    if WORKSPACE_KEY not in session:
+        session[WORKSPACE_KEY] = Workspace(new_workspace_id())
+    return session[WORKSPACE_KEY]
+
+
+def save_dataset(session: MutableMapping[str, Any]) -> None:
+    """Save the session's dataset, with all results in it, to its workspace.
+
+    Raises
+    ------
+    WorkspaceError
+        The files cannot be written (the session keeps its data; only the saving failed).
+    """
+    dataset: LoadedDataset | None = session.get(DATASET_KEY)
+    if dataset is not None:
+        save_to(session_workspace(session), dataset)
+
+
+def save_to(workspace: Workspace, dataset: LoadedDataset) -> None:
+    """Save ``dataset`` to ``workspace`` (also usable from a background job's thread).
+
+    Raises
+    ------
+    WorkspaceError
+        The files cannot be written.
+    """
+    try:
+        workspace.save_dataset(dataset.adata, _saved_info(dataset))
+    except OSError as exc:
+        raise WorkspaceError(
+            f"the results are in this browser session but could not be saved to {workspace.path} "
+            f"({exc})",
+            "free disk space or set C2S_WORKSPACE_DIR to a writable folder, then run again; "
+            "meanwhile download what you need",
+        ) from exc
+
+
+def set_dataset(session: MutableMapping[str, Any], dataset: LoadedDataset) -> None:
+    """Make ``dataset`` the session's dataset (forgetting the cell selection) and save it.
+
+    Raises
+    ------
+    WorkspaceError
+        The dataset is in use but could not be saved to the workspace.
+    """
+    session[DATASET_KEY] = dataset
+    session.pop(SELECTION_KEY, None)
+    save_dataset(session)
+
+
+def clear_workspace(
+    session: MutableMapping[str, Any], query_params: MutableMapping[str, str]
+) -> Workspace:
+    """Delete the saved work and drop the dataset, selection and load error from the session.
+
+    A new empty workspace (new id, also put in the URL) replaces the old one.
+    """
+    if WORKSPACE_KEY in session:
+        session[WORKSPACE_KEY].clear()
+    for key in (DATASET_KEY, SELECTION_KEY, ERROR_KEY):
+        session.pop(key, None)
+    session[WORKSPACE_KEY] = Workspace(new_workspace_id())
+    query_params[WORKSPACE_PARAM] = session[WORKSPACE_KEY].id
+    return session[WORKSPACE_KEY]
