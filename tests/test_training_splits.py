@@ -127,3 +127,44 @@ def test_split_names_draws_a_seeded_share():
     assert split_names(names, 0.3, seed=0) == held
     assert split_names(["ONLY"], 0.5) == []
     assert len(split_names(["A", "B"], 0.01)) == 1  # at least one, never all
+
+
+def _tissue() -> AnnData:
+    # 10 cells on a line x = 0..9 (y constant); cells 8 and 9 share x = 8 (same spot).
+    x = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 8], dtype=float)
+    adata = _adata({"region": ["r"] * 10})
+    adata.obsm["spatial"] = np.column_stack([x, np.zeros(10)])
+    return adata
+
+
+def test_spatial_split_holds_out_a_stripe_of_tissue_and_records_its_range():
+    test, held = split_cells(_tissue(), SplitConfig(by="spatial", test_fraction=0.3), seed=0)
+    # The last 30% along x: x >= 7 (cells 7, 8, 9).
+    np.testing.assert_array_equal(np.flatnonzero(test), [7, 8, 9])
+    assert held == {"obsm['spatial'][:, 0]": ["[7, inf)"]}
+
+
+def test_spatial_split_stripe_start_and_ties_at_the_border():
+    config = SplitConfig(by="spatial", test_fraction=0.2, stripe_start=0.3)
+    test, held = split_cells(_tissue(), config, seed=0)
+    np.testing.assert_array_equal(np.flatnonzero(test), [3, 4])
+    assert held == {"obsm['spatial'][:, 0]": ["[3, 5)"]}
+    # A stripe ending inside a group of cells at the same place takes the whole group.
+    test, _ = split_cells(_tissue(), SplitConfig(by="spatial", test_fraction=0.1,
+                                                 stripe_start=0.8), seed=0)
+    np.testing.assert_array_equal(np.flatnonzero(test), [8, 9])
+
+
+def test_spatial_split_along_y_and_its_errors():
+    adata = _tissue()
+    adata.obsm["spatial"] = adata.obsm["spatial"][:, ::-1].copy()
+    test, held = split_cells(adata, SplitConfig(by="spatial", axis=1, test_fraction=0.5,
+                                                stripe_start=0.0), seed=0)
+    np.testing.assert_array_equal(np.flatnonzero(test), [0, 1, 2, 3, 4])
+    assert held == {"obsm['spatial'][:, 1]": ["[0, 5)"]}
+    with pytest.raises(TaskOptionError, match=r"split.axis 2 is not a column"):
+        split_cells(adata, SplitConfig(by="spatial", axis=2), seed=0)
+    with pytest.raises(TaskOptionError, match=r"obsm\['xy'\] \(obsm keys: spatial\)"):
+        split_cells(adata, SplitConfig(by="spatial", spatial_key="xy"), seed=0)
+    with pytest.raises(TaskOptionError, match="past the end of the tissue"):
+        SplitConfig(by="spatial", test_fraction=0.3, stripe_start=0.8)

@@ -1,6 +1,6 @@
 """Train/test splits of cells for training datasets, recorded exactly.
 
-Three ways to split the cells of a dataset:
+Four ways to split the cells of a dataset:
 
 * ``'cell'``: a seeded random ``test_fraction`` of the cells, stratified by label when a
   label column is given (each label keeps about the same share in both splits).
@@ -8,6 +8,10 @@ Three ways to split the cells of a dataset:
   (``{donor_key: [...]}``) or a seeded random ``test_fraction`` of them.
 * ``'condition'``: the cells matching every ``held_out`` entry (``{column: [values]}``, e.g.
   ``{'cell_type': ['CD4T'], 'condition': ['stimulated']}``) are the test split.
+* ``'spatial'``: a contiguous stripe of the tissue is the test split: the ``test_fraction`` of
+  the cells whose coordinate along ``axis`` (of ``obsm[spatial_key]``) comes after the first
+  ``stripe_start`` of the cells. Holding out a block of tissue instead of scattered cells keeps
+  a test cell's neighbours out of training, as the C2S-Scale paper does for its spatial tasks.
 
 The split is recorded in a :class:`SplitInfo`: the method, the held-out values and the names of
 every held-out cell, so anyone can rebuild the same test set from the data.
@@ -27,7 +31,7 @@ from anndata import AnnData
 
 from c2s_engine.errors import ObsColumnError, TaskOptionError
 
-SPLIT_METHODS = ("cell", "donor", "condition")
+SPLIT_METHODS = ("cell", "donor", "condition", "spatial")
 SPLITS = ("train", "test")
 
 
@@ -45,21 +49,30 @@ class SplitConfig:
     Attributes
     ----------
     by
-        ``'cell'``, ``'donor'`` or ``'condition'``.
+        ``'cell'``, ``'donor'``, ``'condition'`` or ``'spatial'``.
     test_fraction
-        Share of cells (``'cell'``) or donors (``'donor'`` without named donors) held out;
-        gene sets from a GMT file are split by name with the same share.
+        Share of cells (``'cell'``, ``'spatial'``) or donors (``'donor'`` without named
+        donors) held out; gene sets from a GMT file are split by name with the same share.
     held_out
         ``'condition'``: ``{obs column: value or [values]}``; a cell is held out when it
         matches every column. ``'donor'``: optionally ``{donor_key: [donors]}``.
     stratify
         ``'cell'`` split: draw the test cells label by label (needs a label column).
+    spatial_key, axis
+        ``'spatial'`` split: the obsm key of the coordinates and the coordinate (0: x, 1: y)
+        along which the stripe is cut.
+    stripe_start
+        ``'spatial'`` split: share of the cells (ordered along ``axis``) before the held-out
+        stripe; ``None`` puts the stripe at the far end (``1 - test_fraction``).
     """
 
     by: str = "cell"
     test_fraction: float = 0.2
     held_out: dict[str, list[str]] = field(default_factory=dict)
     stratify: bool = True
+    spatial_key: str = "spatial"
+    axis: int = 0
+    stripe_start: float | None = None
 
     def __post_init__(self) -> None:
         if self.by not in SPLIT_METHODS:
@@ -78,6 +91,18 @@ class SplitConfig:
             raise TaskOptionError(
                 "a condition split needs the held-out condition",
                 "set split.held_out, e.g. {cell_type: CD4T, condition: stimulated}")
+        if self.stripe_start is None:
+            self.stripe_start = 1.0 - self.test_fraction
+        self.stripe_start = float(self.stripe_start)
+        if not 0.0 <= self.stripe_start <= 1.0 - self.test_fraction + 1e-9:
+            raise TaskOptionError(
+                f"split.stripe_start {self.stripe_start} with test_fraction "
+                f"{self.test_fraction} puts the stripe past the end of the tissue",
+                f"use a stripe_start between 0 and {1.0 - self.test_fraction:g}")
+        if int(self.axis) < 0:
+            raise TaskOptionError(f"split.axis must be 0 (x), 1 (y), ..., got {self.axis}",
+                                  "use axis: 0 or axis: 1")
+        self.axis = int(self.axis)
 
 
 @dataclass
@@ -90,7 +115,9 @@ class SplitInfo:
         How the split was drawn.
     held_out
         ``'condition'``: ``{column: [values]}`` of the held-out cells; ``'donor'``:
-        ``{donor_key: [held-out donors]}``; ``'cell'``: empty.
+        ``{donor_key: [held-out donors]}``; ``'spatial'``:
+        ``{"obsm['spatial'][:, axis]": ['[low, high)']}``, the coordinate range held out;
+        ``'cell'``: empty.
     test_cells
         ``{dataset name: [obs names of every held-out cell]}`` (exact and complete).
     n_cells
@@ -216,6 +243,37 @@ def _condition_split(adata: AnnData, held_out: Mapping[str, list[str]]) -> np.nd
     return test
 
 
+def _spatial_split(adata: AnnData, config: SplitConfig) -> tuple[np.ndarray, dict[str, list[str]]]:
+    if config.spatial_key not in adata.obsm:
+        keys = ", ".join(map(str, adata.obsm.keys())) or "none"
+        raise TaskOptionError(f"a spatial split needs coordinates in obsm[{config.spatial_key!r}]"
+                              f" (obsm keys: {keys})", "set split.spatial_key to the obsm key "
+                              "holding the x/y coordinates, or split by cell")
+    coords = np.asarray(adata.obsm[config.spatial_key], dtype=float)
+    if coords.ndim != 2 or config.axis >= coords.shape[1]:
+        raise TaskOptionError(f"split.axis {config.axis} is not a column of "
+                              f"obsm[{config.spatial_key!r}] (shape {coords.shape})",
+                              "use axis: 0 (x) or axis: 1 (y)")
+    values = coords[:, config.axis]
+    order = np.sort(values)
+    first = int(round(config.stripe_start * values.size))
+    last = min(first + int(round(config.test_fraction * values.size)), values.size)
+    if first >= last:
+        raise TaskOptionError(f"a test fraction of {config.test_fraction} of {values.size} "
+                              "cells leaves the held-out stripe empty",
+                              "use more cells or a larger test_fraction")
+    # Thresholds on coordinates (not positions) so that cells at the same place stay together.
+    low = order[first]
+    after = order[last:][order[last:] > low]  # a stripe is never narrower than one spot
+    high = after[0] if after.size else np.inf
+    test = (values >= low) & (values < high)
+    if test.all():
+        raise TaskOptionError("the held-out stripe holds every cell, so nothing is left to "
+                              "train on", "use a smaller test_fraction")
+    described = f"[{low:.6g}, {high:.6g})"
+    return test, {f"obsm[{config.spatial_key!r}][:, {config.axis}]": [described]}
+
+
 def split_cells(adata: AnnData, config: SplitConfig, *, seed: int = 0, label_key: str = "",
                 donor_key: str = "") -> tuple[np.ndarray, dict[str, list[str]]]:
     """Decide which cells of ``adata`` are held out.
@@ -244,8 +302,8 @@ def split_cells(adata: AnnData, config: SplitConfig, *, seed: int = 0, label_key
     ObsColumnError
         A named column is not in ``adata.obs``.
     TaskOptionError
-        A split that would leave train or test empty, too few donors, or held-out values
-        that no cell has.
+        A split that would leave train or test empty, too few donors, held-out values that
+        no cell has, or (``'spatial'``) missing coordinates.
     """
     rng = np.random.default_rng(seed)
     if config.by == "cell":
@@ -254,6 +312,8 @@ def split_cells(adata: AnnData, config: SplitConfig, *, seed: int = 0, label_key
     if config.by == "donor":
         test, held = _donor_split(adata, config, donor_key, rng)
         return test, {donor_key: held}
+    if config.by == "spatial":
+        return _spatial_split(adata, config)
     return _condition_split(adata, config.held_out), dict(config.held_out)
 
 
