@@ -33,7 +33,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -431,6 +430,10 @@ def detect_normalization(
 def to_c2s(block, kind: str, target_sum: float = C2S_TARGET_SUM) -> sp.csr_matrix:
     """Convert rows of a ``kind`` matrix to C2S expression (pure; used per chunk).
 
+    The arithmetic is that of ``sc.pp.normalize_total(target_sum=...)`` followed by
+    ``sc.pp.log1p(base=10)``, done on the CSR arrays directly: wrapping every chunk in an
+    AnnData and going through scanpy cost far more than the arithmetic itself on small chunks.
+
     Parameters
     ----------
     block
@@ -445,14 +448,16 @@ def to_c2s(block, kind: str, target_sum: float = C2S_TARGET_SUM) -> sp.csr_matri
     scipy.sparse.csr_matrix
         float32, ``log10(1 + x)`` of rows normalised to ``target_sum``, no explicit zeros.
     """
-    linear = _as_csr(block).astype(np.float64)
+    out = _as_csr(block).astype(np.float64)  # a copy: the caller's block is left as it was
     to_linear = _TO_LINEAR[kind]
     if to_linear is not None:
-        linear.data = to_linear(linear.data)
-    chunk = AnnData(linear)
-    sc.pp.normalize_total(chunk, target_sum=target_sum)
-    sc.pp.log1p(chunk, base=10)
-    out = chunk.X.astype(np.float32)
+        out.data = to_linear(out.data)
+    size_factors = np.asarray(out.sum(axis=1)).ravel() / target_sum
+    size_factors[size_factors == 0] = 1.0  # an empty cell stays empty, as in scanpy
+    out.data /= np.repeat(size_factors, np.diff(out.indptr))
+    np.log1p(out.data, out=out.data)
+    out.data /= np.log(10)  # base-10 log1p computed the way scanpy computes it
+    out = out.astype(np.float32)
     out.eliminate_zeros()
     return out
 
@@ -531,6 +536,34 @@ def _recorded_plan(adata: AnnData) -> tuple[str, str | None, float]:
     return state.source, state.detected, state.target_sum
 
 
+def _iter_chunks(
+    adata: AnnData, chunk_size: int, convert: bool
+) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Row chunks of the planned matrix, converted to C2S values when ``convert``."""
+    source, kind, target_sum = _recorded_plan(adata)
+    raw_columns = _raw_columns(adata) if source == "raw" else None
+    for start in range(0, adata.n_obs, chunk_size):
+        stop = min(start + chunk_size, adata.n_obs)
+        block = _read_rows(adata, source, start, stop)
+        if kind is None:  # the recorded matrix already holds C2S values
+            block = block.astype(np.float32, copy=False)
+        elif convert:
+            block = to_c2s(block, kind, target_sum)
+        if raw_columns is not None:
+            block = block[:, raw_columns]
+        if kind is None or convert:
+            block.eliminate_zeros()
+        n_bad, where = _locate_nonfinite(block, adata.obs_names[start:stop], adata.var_names)
+        if n_bad:
+            raise NonFiniteValuesError(
+                f"{source_label(source)} has {n_bad} NaN/infinite value(s) in cells "
+                f"{start}-{stop - 1}, first at {where}",
+                fix="remove or replace the NaN/inf values, or provide raw counts in "
+                "layers['counts'] or adata.raw",
+            )
+        yield start, stop, block
+
+
 def iter_expression_chunks(
     adata: AnnData, chunk_size: int = 10_000
 ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
@@ -556,23 +589,42 @@ def iter_expression_chunks(
     NonFiniteValuesError
         A chunk holds NaN/inf values.
     """
-    source, kind, target_sum = _recorded_plan(adata)
-    for start in range(0, adata.n_obs, chunk_size):
-        stop = min(start + chunk_size, adata.n_obs)
-        if kind is None:
-            block = _read_rows(adata, source, start, stop).astype(np.float32)
-            block.eliminate_zeros()
-        else:
-            block = _convert_rows(adata, source, kind, target_sum, start, stop)
-        n_bad, where = _locate_nonfinite(block, adata.obs_names[start:stop], adata.var_names)
-        if n_bad:
-            raise NonFiniteValuesError(
-                f"{source_label(source)} has {n_bad} NaN/infinite value(s) in cells "
-                f"{start}-{stop - 1}, first at {where}",
-                fix="remove or replace the NaN/inf values, or provide raw counts in "
-                "layers['counts'] or adata.raw",
-            )
-        yield start, stop, block
+    return _iter_chunks(adata, chunk_size, convert=True)
+
+
+def iter_source_chunks(
+    adata: AnnData, chunk_size: int = 10_000
+) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Yield ``(start, stop, X)`` row chunks that order genes within a cell like C2S expression.
+
+    The matrix is the one :func:`iter_expression_chunks` would use (same plan: the C2S matrix
+    recorded by :func:`normalize`, else the detected source: counts layer, ``X`` or ``raw``,
+    subset to ``var_names``), read as stored, without the conversion. Every conversion step is
+    strictly increasing within a cell (``expm1`` or ``10**x - 1``, one positive scale factor per
+    cell, ``log10(1 + x)``), so the genes of a cell sort the same on both and equal values stay
+    equal; use it where only the order matters (cell sentences). The one difference is float
+    rounding: two distinct stored values can round to the same float32 C2S value and become a
+    tie there, while here they keep the order of the stored values.
+
+    Parameters
+    ----------
+    adata
+        The data (``n_obs x n_vars``), in memory or backed.
+    chunk_size
+        Rows per chunk.
+
+    Yields
+    ------
+    start, stop, X
+        CSR of shape ``(stop - start, n_vars)`` in the source's dtype (float32 C2S values when
+        a recorded C2S matrix is used); it may hold explicit zeros.
+
+    Raises
+    ------
+    NonFiniteValuesError
+        A chunk holds NaN/inf values.
+    """
+    return _iter_chunks(adata, chunk_size, convert=False)
 
 
 def expression_matrix(adata: AnnData) -> sp.csr_matrix | np.ndarray:

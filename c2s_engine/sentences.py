@@ -7,9 +7,10 @@ blocks of rows. Every stored nonzero gets one ``uint64`` sort key::
 
 For non-negative float32 values the raw bits order exactly like the values, so inverting them
 sorts by *descending* expression, and ``g`` low bits hold the gene's tie priority. The keys of a
-block of cells are laid out as a padded cells x genes array and sorted along rows in one
-``np.sort(axis=1)`` call; because the tie priority is a permutation of the genes, the gene is
-recovered from the low bits through its inverse (no argsort).
+block of cells are laid out as a padded cells x genes array, partitioned along rows at K when
+rows are wider than K, and the first K sorted in one ``sort(axis=1)`` call; because the tie
+priority is a permutation of the genes, the gene is recovered from the low bits through its
+inverse (no argsort).
 
 Before sorting, two filters drop values that cannot reach a cell's top K; both work on the
 float32 exponent and top mantissa bits (a "bucket", monotone in the value). The first sets a
@@ -68,6 +69,8 @@ _BLOCK_KEYS = 1_000_000
 # Blocks of one chunk are ranked by this many threads (at most 8: the gain flattens out).
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 _THREADS = min(_CPUS or 1, 8)
+# Bytes of fixed-width word text built per pass when turning ranks into strings.
+_SENTENCE_PASS_BYTES = 32 * 2**20
 
 
 def _check_top_k(top_k: Any) -> int:
@@ -157,15 +160,19 @@ class _Ranker:
         keys <<= np.uint64(self.gene_bits)
         keys |= self.priority.take(genes)
         width = int(per_row.max())
-        column = np.arange(keys.size, dtype=np.int64) - np.repeat(
-            np.cumsum(per_row) - per_row, per_row
-        )
+        # Flat position of each key: its row's start in the padded array plus its place in row.
+        row_start = np.arange(n_rows, dtype=np.int64) * width - (np.cumsum(per_row) - per_row)
+        position = np.repeat(row_start, per_row)
+        position += np.arange(keys.size, dtype=np.int64)
         padded = np.full((n_rows, width), _PAD_KEY, dtype=np.uint64)
-        padded[np.repeat(np.arange(n_rows), per_row), column] = keys
+        padded.ravel()[position] = keys
+        if width > self.top_k:  # only the first K need ordering: partition, then sort those
+            padded.partition(self.top_k - 1, axis=1)
+            padded = padded[:, : self.top_k]
         padded.sort(axis=1)
-        top = padded[:, : self.top_k]
-        ranked = top != _PAD_KEY
-        out[:, : top.shape[1]][ranked] = self.gene_of_priority[(top[ranked] & self.gene_mask)]
+        # The padding key's low bits may exceed the last priority: clip, then mask it out.
+        genes = self.gene_of_priority.take(padded & self.gene_mask, mode="clip")
+        out[:, : padded.shape[1]] = np.where(padded != _PAD_KEY, genes, -1)
 
     def _candidates(self, bits: np.ndarray, per_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the values that can reach their row's top K, and their count per row.
@@ -341,11 +348,15 @@ def rank_genes(
     return np.concatenate(blocks)
 
 
-def _expression_chunks(adata: AnnData, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+def _ranking_chunks(adata: AnnData, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    # The source matrix as stored, not normalised: every C2S conversion step is strictly
+    # increasing within a cell, so the ranks are the same and normalising (the bulk of the time
+    # on real data) is skipped. Where float32 rounding of the C2S values would merge two distinct
+    # stored values into a tie, the stored order is the faithful one. See iter_source_chunks.
     # Imported here so this module is usable on plain matrices without the normalisation layer.
-    from c2s_engine.normalization import iter_expression_chunks
+    from c2s_engine.normalization import iter_source_chunks
 
-    return iter_expression_chunks(adata, chunk_size=chunk_size)
+    return iter_source_chunks(adata, chunk_size=chunk_size)
 
 
 def compute_sentences(
@@ -359,10 +370,12 @@ def compute_sentences(
 ) -> None:
     """Compute the cell sentences of ``adata`` as gene ranks (in place).
 
-    The expression follows the C2S convention (total 1e4, then ``log10(1 + x)``) and is read
-    chunk by chunk through :func:`c2s_engine.normalization.iter_expression_chunks`, so backed
-    AnnData works and only the ranks are held in memory. Ranking and tie rules are those of
-    :func:`rank_genes`.
+    Genes are ranked by their C2S-convention expression (total 1e4, then ``log10(1 + x)``).
+    That conversion does not change the order of the genes within a cell, so the matrix it would
+    start from is ranked as stored, read chunk by chunk through
+    :func:`c2s_engine.normalization.iter_source_chunks` (backed AnnData works and only the ranks
+    are held in memory). Ranking and tie rules are those of :func:`rank_genes`; values that are
+    equal in the stored matrix are ties.
 
     Parameters
     ----------
@@ -375,7 +388,7 @@ def compute_sentences(
     key_added
         ``obsm`` key of the ranks.
     chunk_size
-        Cells normalised and ranked at a time.
+        Cells read and ranked at a time.
 
     Writes
     ------
@@ -388,7 +401,7 @@ def compute_sentences(
     """
     ranker = _Ranker(adata.n_vars, top_k, tie_break, seed)
     ranks = np.full((adata.n_obs, ranker.top_k), -1, dtype=np.int32)
-    for start, stop, block in _expression_chunks(adata, chunk_size):
+    for start, stop, block in _ranking_chunks(adata, chunk_size):
         ranks[start:stop] = ranker.rank(block)
     adata.obsm[key_added] = ranks
 
@@ -402,6 +415,50 @@ def compute_sentences(
         "n_empty_cells": int((n_ranked == 0).sum()),
         "n_short_cells": int(((n_ranked > 0) & (n_ranked < ranker.top_k)).sum()),
     }
+
+
+class _Vocabulary:
+    """Gene names encoded once, to build sentences from gene indices without per-word work.
+
+    Each name is stored as UTF-8 plus its trailing space in one fixed-width, NUL-padded bytes
+    array, with one extra empty entry that the ``-1`` padding of the ranks selects. A block of
+    ranks becomes text by one ``take`` of those entries (a copy of fixed-size items), dropping
+    the NUL padding in one boolean selection, and one slice and decode per cell.
+    """
+
+    def __init__(self, gene_names: Sequence[str]) -> None:
+        encoded = list(map(str.encode, gene_names))
+        if b"\0" in b"".join(encoded):  # NUL is the padding (and HDF5 cannot store it either)
+            raise SentenceError(
+                "a gene name contains a NUL character, which cannot be written into a sentence",
+                "rename the genes (adata.var_names) so that none contains '\\x00'",
+            )
+        n_bytes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        width = int(n_bytes.max(initial=0)) + 1
+        encoded.append(b"")  # ranks of -1 select this entry
+        self.words = np.array(encoded, dtype=f"S{width}")
+        self.words.view(np.uint8).reshape(-1, width)[np.arange(n_bytes.size), n_bytes] = ord(" ")
+        self.n_bytes = np.append(n_bytes + 1, 0)
+
+    def sentences(self, ranks: np.ndarray) -> list[str]:
+        """One sentence per row of ``ranks`` (indices into the names, ``-1`` = no gene)."""
+        ranks = np.asarray(ranks)
+        # Rows per pass bound the fixed-width temporaries to about _SENTENCE_PASS_BYTES.
+        per_row = max(ranks.shape[1] * self.words.itemsize, 1)
+        rows_at_once = max(1, _SENTENCE_PASS_BYTES // per_row)
+        out: list[str] = []
+        for start in range(0, ranks.shape[0], rows_at_once):
+            out += self._block(ranks[start : start + rows_at_once])
+        return out
+
+    def _block(self, ranks: np.ndarray) -> list[str]:
+        padded = self.words.take(ranks).view(np.uint8)
+        text = padded[padded != 0].tobytes()
+        row_bytes = self.n_bytes.take(ranks).sum(axis=1)
+        ends = np.cumsum(row_bytes)
+        starts = ends - row_bytes
+        stops = np.maximum(ends - 1, starts)  # drop the last word's space; '' for an empty row
+        return [text[a:b].decode() for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
 
 
 def sentences_from_ranks(ranks: np.ndarray, gene_names: Sequence[str]) -> list[str]:
@@ -418,28 +475,13 @@ def sentences_from_ranks(ranks: np.ndarray, gene_names: Sequence[str]) -> list[s
     -------
     list of str
         One sentence per row, genes in column order of ``ranks``; ``''`` for a row without genes.
+
+    Raises
+    ------
+    SentenceError
+        A gene name contains a NUL character.
     """
-    ranks = np.asarray(ranks)
-    names = np.asarray(gene_names, dtype=object)
-    every = ranks.ravel()
-    genes = every.take(np.flatnonzero(every >= 0))  # row-major: each row's genes in order
-    if genes.size == 0:
-        return [""] * ranks.shape[0]
-    # One join for all cells, then each sentence is a slice of it: no per-word Python work.
-    # A word takes its length plus one separator; the extra last entry is the -1 padding.
-    word_chars = np.fromiter((len(n) + 1 for n in names), dtype=np.int64, count=names.size)
-    word_chars = np.append(word_chars, 0)
-    rows_at_once = max(1, 4_000_000 // max(ranks.shape[1], 1))  # bounds the take's temporary
-    row_chars = np.concatenate(
-        [
-            word_chars.take(ranks[i : i + rows_at_once]).sum(axis=1)
-            for i in range(0, ranks.shape[0], rows_at_once)
-        ]
-    )
-    ends = np.cumsum(row_chars)
-    starts = ends - row_chars
-    text = " ".join(names.take(genes).tolist())
-    return [text[s:e] for s, e in zip(starts.tolist(), (ends - 1).tolist(), strict=True)]
+    return _Vocabulary(gene_names).sentences(ranks)
 
 
 def iter_sentence_chunks(
@@ -454,7 +496,8 @@ def iter_sentence_chunks(
 
     Nothing is written to ``adata``; use it to write sentences of data too big to rank at once
     (e.g. ``cell_id,cell_sentence`` CSV rows). Ranking and tie rules are those of
-    :func:`rank_genes`, on C2S-convention expression (see :func:`compute_sentences`).
+    :func:`rank_genes`, in the order of C2S-convention expression (see
+    :func:`compute_sentences`).
 
     Yields
     ------
@@ -463,9 +506,9 @@ def iter_sentence_chunks(
         without expressed genes).
     """
     ranker = _Ranker(adata.n_vars, top_k, tie_break, seed)
-    names = np.asarray(adata.var_names, dtype=object)
-    for start, stop, block in _expression_chunks(adata, chunk_size):
-        yield adata.obs_names[start:stop], sentences_from_ranks(ranker.rank(block), names)
+    vocabulary = _Vocabulary(adata.var_names)
+    for start, stop, block in _ranking_chunks(adata, chunk_size):
+        yield adata.obs_names[start:stop], vocabulary.sentences(ranker.rank(block))
 
 
 def stored_ranks(adata: AnnData, key: str = RANKS_KEY) -> np.ndarray:

@@ -15,6 +15,7 @@ from c2s_engine.normalization import (
     detect_normalization,
     expression_matrix,
     iter_expression_chunks,
+    iter_source_chunks,
     normalize,
     to_c2s,
 )
@@ -272,3 +273,81 @@ def test_iter_chunks_detects_nan_in_chunk():
     adata.X.data[-1] = np.nan
     with pytest.raises(NonFiniteValuesError, match=r"cells 2-3, first at cell '3', gene '4'"):
         list(iter_expression_chunks(adata, chunk_size=2))
+
+
+def _scanpy_c2s(linear) -> np.ndarray:
+    """The convention through scanpy itself: normalize_total(1e4) then log1p(base=10)."""
+    import scanpy as sc
+
+    chunk = ad.AnnData(sp.csr_matrix(linear, dtype=np.float64))
+    sc.pp.normalize_total(chunk, target_sum=1e4)
+    sc.pp.log1p(chunk, base=10)
+    return chunk.X.toarray()
+
+
+def _kang_log1p_only() -> ad.AnnData:
+    """Kang with only the natural-log X, so that X is the detected source."""
+    adata = ad.read_h5ad(shared_file("kang_pbmc_ifnb/kang_pbmc_ifnb.h5ad"))
+    del adata.layers["counts_recovered"]
+    return adata
+
+
+def test_to_c2s_equals_scanpy_on_real_data(pbmc68k):
+    baron = ad.read_h5ad(shared_file("baron_mouse_pancreas/baron_mouse1_pancreas.h5ad"))
+    kang = _kang_log1p_only()
+    cases = [
+        (baron.X, "counts", baron.X),
+        (pbmc68k.raw.X, "log1p", np.expm1(_dense(pbmc68k.raw.X).astype(np.float64))),
+        (kang.X, "log1p", np.expm1(_dense(kang.X).astype(np.float64))),
+    ]
+    for stored, kind, linear in cases:
+        ours = to_c2s(stored, kind)
+        assert ours.dtype == np.float32 and ours.nnz == sp.csr_matrix(stored).count_nonzero()
+        np.testing.assert_allclose(ours.toarray(), _scanpy_c2s(linear), rtol=1e-6, atol=0)
+
+
+def test_to_c2s_keeps_empty_cells_empty_and_input_unchanged():
+    counts = sp.csr_matrix(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 3.0]]))
+    before = counts.copy()
+    out = to_c2s(counts, "counts")
+    np.testing.assert_allclose(
+        out.toarray(), [[0.0, 0.0, 0.0], np.log10(1 + np.array([2500.0, 0.0, 7500.0]))]
+    )
+    assert out.nnz == 2
+    assert (counts != before).nnz == 0
+
+
+def test_iter_source_chunks_reads_the_detected_source_as_stored(pbmc68k_copy):
+    baron = ad.read_h5ad(shared_file("baron_mouse_pancreas/baron_mouse1_pancreas.h5ad"))
+    chunks = list(iter_source_chunks(baron, chunk_size=300))
+    assert [(a, b) for a, b, _ in chunks] == [(0, 300), (300, 600), (600, 822)]
+    stacked = sp.vstack([c for _, _, c in chunks])
+    assert (stacked != baron.X).nnz == 0  # the raw counts, not normalised
+    assert "c2s" not in baron.uns  # reading writes nothing
+
+    # pbmc68k_reduced: X is scaled, the source is raw (log1p) subset to var_names.
+    pbmc = pbmc68k_copy
+    stacked = sp.vstack([c for _, _, c in iter_source_chunks(pbmc, chunk_size=256)])
+    expected = pbmc.raw[:, pbmc.var_names].X
+    assert stacked.shape == pbmc.shape
+    np.testing.assert_array_equal(stacked.toarray(), _dense(expected))
+
+    # Once normalize() stored the C2S layer, that layer is read (nothing left to compute).
+    normalize(pbmc)
+    stacked = sp.vstack([c for _, _, c in iter_source_chunks(pbmc, chunk_size=256)])
+    np.testing.assert_array_equal(stacked.toarray(), pbmc.layers["c2s_norm"].toarray())
+
+
+def test_iter_source_chunks_backed_and_nan_location():
+    path = shared_file("baron_mouse_pancreas/baron_mouse1_pancreas.h5ad")
+    backed = ad.read_h5ad(path, backed="r")
+    start, stop, first = next(iter_source_chunks(backed, chunk_size=100))
+    assert (start, stop) == (0, 100)
+    assert (first != ad.read_h5ad(path).X[:100]).nnz == 0
+    backed.file.close()
+
+    adata = ad.AnnData(sp.csr_matrix(np.log10(1 + COUNTS / COUNTS.sum(1, keepdims=True) * 1e4)))
+    normalize(adata)
+    adata.X.data[-1] = np.nan
+    with pytest.raises(NonFiniteValuesError, match=r"cells 2-3, first at cell '3', gene '4'"):
+        list(iter_source_chunks(adata, chunk_size=2))

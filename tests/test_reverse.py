@@ -28,6 +28,7 @@ def expression_as_is(monkeypatch):
             yield start, stop, X[start:stop]
 
     monkeypatch.setattr(normalization, "iter_expression_chunks", chunks)
+    monkeypatch.setattr(normalization, "iter_source_chunks", chunks)
 
 
 def model_adata(n_cells: int = 50, n_genes: int = 60, noise: float = 0.0) -> ad.AnnData:

@@ -200,6 +200,34 @@ def test_sentences_from_very_wide_ranks_in_row_chunks():
     assert sentences_from_ranks(ranks, ["CD3D", "MS4A1", "LYZ"]) == expected
 
 
+def test_sentences_from_ranks_empty_first_row_and_non_ascii_names():
+    names = ["CD3D", "Zfp36l1-ψ", "ÄRL1", "TCRα/β", "MS4A1"]
+    ranks = np.array([[-1, -1, -1], [2, 1, 3], [4, -1, -1], [-1, -1, -1], [3, 0, 2]])
+    assert sentences_from_ranks(ranks, names) == [
+        "",
+        "ÄRL1 Zfp36l1-ψ TCRα/β",
+        "MS4A1",
+        "",
+        "TCRα/β CD3D ÄRL1",
+    ]
+    assert sentences_from_ranks(np.full((2, 4), -1), names) == ["", ""]
+    assert sentences_from_ranks(np.empty((0, 3), dtype=int), names) == []
+    with pytest.raises(SentenceError, match=r"a gene name contains a NUL character.*Fix: rename"):
+        sentences_from_ranks(np.array([[0]]), ["CD3D", "BAD\x00NAME"])
+
+
+def test_sentences_do_not_depend_on_the_bytes_per_pass(monkeypatch):
+    rng = np.random.default_rng(4)
+    names = [f"G{i}" + "é" * int(i % 3) for i in range(50)]
+    ranks = rng.integers(-1, 50, size=(37, 9))
+    expected = [" ".join(names[g] for g in row if g >= 0) for row in ranks]
+    assert sentences_from_ranks(ranks, names) == expected
+    monkeypatch.setattr(sentences_module, "_SENTENCE_PASS_BYTES", 1)  # one row per pass
+    assert sentences_from_ranks(ranks, names) == expected
+    monkeypatch.setattr(sentences_module, "_SENTENCE_PASS_BYTES", 100)  # a few rows per pass
+    assert sentences_from_ranks(ranks, names) == expected
+
+
 def counts_adata() -> ad.AnnData:
     counts = np.array(
         [
@@ -323,3 +351,60 @@ def test_real_baron_counts_sentences():
     beta = sentences[adata.obs["cell_type"] == "beta"]
     # Insulin leads the sentences of beta cells.
     assert (beta.str.split().str[:5].map(lambda g: "Ins1" in g or "Ins2" in g)).mean() > 0.9
+
+
+def _kang(counts_layer: bool) -> ad.AnnData:
+    adata = ad.read_h5ad(shared_file("kang_pbmc_ifnb/kang_pbmc_ifnb.h5ad"))
+    if not counts_layer:  # then the natural-log X is the source
+        del adata.layers["counts_recovered"]
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("dataset", "source"),
+    [
+        ("pbmc68k", "raw"),
+        ("baron", "X"),
+        ("kang_counts", "layers/counts_recovered"),
+        ("kang_log1p", "X"),
+    ],
+)
+def test_ranking_the_source_equals_ranking_c2s_expression(dataset, source, pbmc68k):
+    """Sentences rank the stored source; that must give the ranks of the normalised values."""
+    from c2s_engine.normalization import detect_normalization, iter_expression_chunks
+
+    adata = {
+        "pbmc68k": lambda: pbmc68k.copy(),
+        "baron": lambda: ad.read_h5ad(
+            shared_file("baron_mouse_pancreas/baron_mouse1_pancreas.h5ad")
+        ),
+        "kang_counts": lambda: _kang(counts_layer=True),
+        "kang_log1p": lambda: _kang(counts_layer=False),
+    }[dataset]()
+    assert detect_normalization(adata).source == source
+    expression = sp.vstack([block for _, _, block in iter_expression_chunks(adata)]).tocsr()
+    full_length = int(np.diff(expression.indptr).max())  # every expressed gene of every cell
+    compute_sentences(adata, top_k=full_length, seed=3, chunk_size=500)
+    expected = rank_genes(expression, full_length, seed=3)
+    np.testing.assert_array_equal(adata.obsm["c2s_ranks"], expected)
+    # The comparison covers ties: many neighbours in the sentences hold equal values.
+    dense = expression.toarray()
+    values = np.take_along_axis(dense, np.maximum(expected, 0), axis=1)
+    tied = (values[:, 1:] == values[:, :-1]) & (expected[:, 1:] >= 0)
+    assert tied.sum() > 10_000
+
+
+def test_compute_sentences_does_not_normalise(monkeypatch):
+    import c2s_engine.normalization as normalization
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("sentences must rank the source without converting it")
+
+    monkeypatch.setattr(normalization, "to_c2s", no_conversion)
+    adata = counts_adata()
+    compute_sentences(adata, top_k=3, tie_break="index")
+    np.testing.assert_array_equal(
+        adata.obsm["c2s_ranks"], [[1, 3, 5], [-1, -1, -1], [0, 4, -1], [5, 4, 3]]
+    )
+    chunks = list(iter_sentence_chunks(adata, top_k=2, tie_break="index"))
+    assert chunks[0][1] == ["B D", "", "A E", "F E"]
