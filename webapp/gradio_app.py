@@ -10,7 +10,7 @@ Besides the two tabs, the app serves two named API endpoints for ``gradio_client
     table, h5ad_path, summary = client.predict(handle_file("data.h5ad"), "cell_type",
                                                api_name="/annotate")
 
-``/ask(file, question, groupby='', scope='dataset', n_cells=20, max_new_tokens=512)`` returns the answer and the
+``/ask(file, question, groupby='', scope='dataset', n_cells=20, max_new_tokens=0)`` returns the answer and the
 context it was given (``scope``, ``cells_used``, ``sentences``, ``genes``, ``facts``,
 ``n_tokens``, ``budget``, ``model``). ``/annotate(file, label_column='', groupby='')`` returns
 the predictions table (one row per cell), the annotated ``.h5ad`` (``obs['c2s_cell_type']`` and
@@ -38,16 +38,16 @@ from c2s_engine.errors import C2SError
 from c2s_engine.readers import read
 from c2s_engine.tasks.annotate import annotate, obs_keys
 from c2s_engine.tasks.ask import DATASET_SCOPE, answer_question
+from c2s_engine.tasks.ask import TASK as ASK_TASK
 from c2s_engine.tasks.runtime import ModelLike, resolve_model
 from c2s_engine.validation import prepare
+from webapp.text_tasks import default_new_tokens
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MODEL = "demo"
-# The question_answering template's own reserve for the answer.
-DEFAULT_ANSWER_TOKENS = 512
 # Suffixes of the formats c2s_engine.readers.read understands as single files.
 FILE_TYPES = [".h5ad", ".h5", ".loom", ".zip", ".csv", ".tsv", ".gz"]
 # Annotated files are copied into Gradio's cache when returned; our copies only need to
@@ -98,7 +98,7 @@ def _output_folder() -> Path:
 
 
 def ask_dataset(path: str | None, question: str, groupby: str = "", scope: str = DATASET_SCOPE,
-                n_cells: float = 20, max_new_tokens: float = DEFAULT_ANSWER_TOKENS, *,
+                n_cells: float = 20, max_new_tokens: float = 0, *,
                 model: ModelLike = DEFAULT_MODEL) -> tuple[str, dict[str, Any]]:
     """Answer a question about the dataset in ``path`` (the ``/ask`` endpoint).
 
@@ -115,7 +115,9 @@ def ask_dataset(path: str | None, question: str, groupby: str = "", scope: str =
     n_cells
         Cells offered to the prompt (fewer are used when they do not fit the context).
     max_new_tokens
-        Longest answer in tokens; this much of the model's context is kept free for it.
+        Longest answer in tokens; this much of the model's context is kept free for it. 0
+        chooses as the Streamlit app does: the template's reserve, at most a quarter of the
+        model's context.
     model
         Model name or loaded model.
 
@@ -133,9 +135,12 @@ def ask_dataset(path: str | None, question: str, groupby: str = "", scope: str =
     """
     try:
         adata = _load(path)
-        result = answer_question(adata, question, model, scope=_optional(scope) or DATASET_SCOPE,
+        loaded = resolve_model(model)
+        result = answer_question(adata, question, loaded,
+                                 scope=_optional(scope) or DATASET_SCOPE,
                                  groupby=_optional(groupby), n_cells=int(n_cells),
-                                 max_new_tokens=int(max_new_tokens))
+                                 max_new_tokens=int(max_new_tokens)
+                                 or default_new_tokens(ASK_TASK, loaded))
     except gr.Error:
         raise
     except Exception as err:
@@ -268,8 +273,8 @@ def build_app(model: ModelLike = DEFAULT_MODEL) -> gr.Blocks:
                     ask_scope = gr.Textbox(label="Scope", value=DATASET_SCOPE,
                                            info="'dataset', or one cluster of the column above")
                     ask_cells = gr.Slider(1, 200, value=20, step=1, label="Cells in the context")
-                    ask_tokens = gr.Slider(16, 1024, value=DEFAULT_ANSWER_TOKENS, step=16,
-                                           label="Longest answer (tokens)")
+                    ask_tokens = gr.Slider(0, 1024, value=0, step=16,
+                                           label="Longest answer (tokens; 0 = automatic)")
             chat = gr.Chatbot(label="Chat", height=360)
             question = gr.Textbox(label="Question",
                                   placeholder="Which cell types are in this sample?")
