@@ -18,6 +18,7 @@ on several GPUs under ``accelerate launch --num_processes N -m c2s_engine.cli tr
 ``c2s evaluate --model M --data D --task T`` scores a model on the cells its training held out
 (read from the model's run record; ``--cells all`` scores the whole file) and writes an
 evaluation record; the metrics are also added under ``metrics.held_out`` of the model's record.
+The scoring itself lives in :mod:`c2s_engine.training.evaluation`, shared with the web app.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from c2s_engine.errors import C2SError, MissingFileError
+from c2s_engine.training.evaluation import (
+    annotation_baselines,
+    evaluate_annotation,
+    evaluate_generation,
+    evaluate_perturbation,
+    held_out_mask,
+)
 
 TRAIN_KINDS = ("sft", "grpo", "pretrain")
 EVAL_TASKS = ("annotate", "generate", "perturb")
@@ -194,34 +199,6 @@ def _training_record(folder: Path | None):
     return RunRecord.load(folder / RECORD_FILENAME)
 
 
-def held_out_mask(adata, data_path: str, training, cells: str) -> tuple[np.ndarray, str]:
-    """Which cells to score, and how they were chosen (``'held-out'`` or ``'all'``).
-
-    Raises
-    ------
-    C2SError
-        ``--cells held-out`` but the model's record names no held-out cells of this file.
-    """
-    if cells == "all":
-        return np.ones(adata.n_obs, dtype=bool), "all"
-    test_cells = (training.split.get("test_cells", {}) if training is not None else {})
-    name = Path(data_path).stem
-    if name not in test_cells:
-        if cells == "held-out":
-            raise C2SError(
-                f"the model's run record names no held-out cells of {Path(data_path).name} "
-                f"(recorded datasets: {sorted(test_cells) or 'none'})",
-                "evaluate on the file the model was trained with, or pass --cells all")
-        print(f"note: no held-out split of {Path(data_path).name} is recorded with the model; "
-              "scoring every cell")
-        return np.ones(adata.n_obs, dtype=bool), "all"
-    mask = adata.obs_names.isin(test_cells[name])
-    if not mask.any():
-        raise C2SError(f"none of the {len(test_cells[name])} held-out cells recorded for {name} "
-                       "are in this file", "pass the same file the model was trained on")
-    return np.asarray(mask), "held-out"
-
-
 def _setting(args: argparse.Namespace, training, name: str, flag: str) -> str:
     value = getattr(args, name) or (training.config.get("data", {}).get(name, "")
                                     if training is not None else "")
@@ -229,132 +206,6 @@ def _setting(args: argparse.Namespace, training, name: str, flag: str) -> str:
         raise C2SError(f"--task {args.task} needs {flag} and the model's run record does not "
                        "give it", f"pass {flag} <obs column or value>")
     return str(value)
-
-
-def evaluate_annotation(adata, scored: np.ndarray, model, label_key: str,
-                        batch_size: int) -> dict[str, Any]:
-    """Accuracy and macro-F1 of scored annotation on the ``scored`` cells.
-
-    The candidates are every label of the file, so a class absent from the scored cells can
-    still be (wrongly) predicted.
-    """
-    from c2s_engine.tasks.annotate import annotate
-
-    labels = adata.obs[label_key].dropna().astype(str)
-    candidates = sorted(set(labels))
-    subset = adata[scored].copy()
-    result = annotate(subset, model, labels=candidates, truth=label_key, mode="score",
-                      batch_size=batch_size)
-    return {"label_key": label_key, "n_candidates": len(candidates),
-            **result.metrics.to_dict()}
-
-
-def _halves(adata, key: str, seed: int):
-    """Two random halves of every condition (the real-vs-real reference distance)."""
-    rng = np.random.default_rng(seed)
-    first = np.zeros(adata.n_obs, dtype=bool)
-    for value in adata.obs[key].astype(str).unique():
-        members = np.flatnonzero((adata.obs[key].astype(str) == value).to_numpy())
-        first[rng.permutation(members)[: members.size // 2]] = True
-    return adata[first], adata[~first]
-
-
-def evaluate_generation(adata, scored: np.ndarray, model, label_key: str, *, n: int,
-                        seed: int, batch_size: int) -> dict[str, Any]:
-    """scFID/MMD of cells generated per cell type against the real ``scored`` cells.
-
-    Cells are generated for every cell type with at least 2 scored cells (``n`` per type),
-    reconstructed with the reverse transform of the other cells when there are any, and
-    compared per cell type in a PCA fitted on the real scored cells. The same metrics between
-    two random halves of the real cells are the floor a perfect generator would reach.
-    """
-    from c2s_engine.metrics import compare_distributions
-    from c2s_engine.tasks.generate import generate_cells
-
-    real = adata[scored].copy()
-    counts = real.obs[label_key].astype(str).value_counts()
-    types = sorted(counts[counts >= 2].index)
-    if not types:
-        raise C2SError("no cell type has 2 or more cells to compare generated cells with",
-                       "score more cells (--cells all) or choose another --label-key")
-    reference = adata[~scored].copy() if (~scored).any() else adata.copy()
-    generated = generate_cells(reference, model, cell_type=types, n=n, seed=seed,
-                               batch_size=batch_size)
-    generated.obs[label_key] = generated.obs["c2s_condition"].astype(str).to_numpy()
-    real.obs[label_key] = real.obs[label_key].astype(str)
-    comparison = compare_distributions(real, generated, condition_key=label_key)
-    half_a, half_b = _halves(real, label_key, seed)
-    floor = compare_distributions(half_a, half_b, condition_key=label_key)
-    return {"label_key": label_key, "cell_types": types, "n_per_type": n,
-            "generated_vs_real": comparison.to_dict(), "real_vs_real": floor.to_dict()}
-
-
-def _shifted_controls(adata, control: np.ndarray, shift: pd.Series):
-    """Control cells plus a per-gene mean shift (clipped at 0): the baseline prediction."""
-    from anndata import AnnData
-
-    from c2s_engine.metrics import cell_matrix
-
-    values = cell_matrix(adata[control])
-    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
-    shifted = np.maximum(values + shift.reindex(adata.var_names).to_numpy()[None, :], 0.0)
-    return AnnData(X=shifted.astype(np.float32), obs=adata.obs.iloc[np.flatnonzero(control)].copy(),
-                   var=pd.DataFrame(index=adata.var_names.copy()))
-
-
-def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
-                          condition_key: str, control_value: str, names: Mapping[str, str],
-                          perturbation: str | None, seed: int, batch_size: int
-                          ) -> dict[str, Any]:
-    """MMD, scFID and Pearson r of the predicted response of the held-out perturbed cells.
-
-    For each perturbed condition among the scored cells, the control cells of the same cell
-    types are perturbed by the model and compared with the real scored perturbed cells. The
-    baseline adds to the same controls the mean change (perturbed minus control) measured on
-    the other, unscored cells. The perturbation is named ``perturbation`` in prompts, or else
-    ``names[condition value]`` (the training config's ``perturbation_names``) or the value.
-    """
-    from c2s_engine.metrics import compare_distributions, mean_expression, pearson_delta
-    from c2s_engine.tasks.perturb import predict_perturbation
-
-    condition = adata.obs[condition_key].astype(str).to_numpy()
-    labels = adata.obs[label_key].astype(str).to_numpy()
-    is_control = condition == control_value
-    results: dict[str, Any] = {}
-    for value in sorted(set(condition[scored & ~is_control])):
-        real_mask = scored & (condition == value)
-        types = sorted(set(labels[real_mask]))
-        control = is_control & np.isin(labels, types)
-        if not control.any():
-            raise C2SError(f"no control cell ({condition_key} == {control_value!r}) of the "
-                           f"cell types {types}", "evaluate on data holding their controls")
-        real, controls = adata[real_mask].copy(), adata[control].copy()
-        word = perturbation or names.get(value, value)
-        predicted = predict_perturbation(controls, word, model, seed=seed, batch_size=batch_size)
-        predicted.obs[label_key] = controls.obs[label_key].astype(str).to_numpy()
-        real.obs[label_key] = real.obs[label_key].astype(str)
-        train_pert = ~scored & (condition == value) & ~np.isin(labels, types)
-        train_ctrl = ~scored & is_control & ~np.isin(labels, types)
-        entry: dict[str, Any] = {"perturbation": word, "cell_types": types,
-                                 "n_real": int(real_mask.sum()), "n_controls": int(control.sum())}
-        entry["model"] = _response_metrics(real, controls, predicted, label_key,
-                                           compare_distributions, pearson_delta)
-        if train_pert.any() and train_ctrl.any():
-            shift = mean_expression(adata[train_pert]) - mean_expression(adata[train_ctrl])
-            baseline = _shifted_controls(adata, control, shift)
-            entry["baseline_mean_shift"] = _response_metrics(
-                real, controls, baseline, label_key, compare_distributions, pearson_delta)
-        results[value] = entry
-    if not results:
-        raise C2SError(f"no scored cell is perturbed ({condition_key} != {control_value!r})",
-                       "evaluate a model whose split held out perturbed cells, or --cells all")
-    return {"label_key": label_key, "condition_key": condition_key,
-            "control_value": control_value, "conditions": results}
-
-
-def _response_metrics(real, controls, predicted, label_key, compare, pearson) -> dict[str, Any]:
-    comparison = compare(real, predicted, condition_key=label_key)
-    return {**comparison.to_dict(), "pearson_delta": pearson(controls, real, predicted)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -383,9 +234,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.task == "annotate":
         metrics = evaluate_annotation(adata, scored, model, label_key, args.batch_size)
         summary = f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+        if chosen == "held-out":  # baselines learn from the cells the model trained on
+            metrics["baselines"] = annotation_baselines(adata, scored, label_key, seed=args.seed)
+            summary += "; baselines " + ", ".join(
+                f"{name} {b['accuracy']:.3f}" for name, b in metrics["baselines"].items())
     elif args.task == "generate":
-        metrics = evaluate_generation(adata, scored, model, label_key, n=args.n, seed=args.seed,
-                                      batch_size=args.batch_size)
+        metrics = evaluate_generation(adata, scored, model, label_key, n=args.n or None,
+                                      seed=args.seed, batch_size=args.batch_size)
         summary = (f"scFID {metrics['generated_vs_real']['summary']['scfid']:.3g} "
                    f"(real vs real {metrics['real_vs_real']['summary']['scfid']:.3g})")
     else:
@@ -432,7 +287,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="'demo', a model folder or a Hugging Face id")
     p.add_argument("--data", required=True, help="data file (the one the model was trained on)")
     p.add_argument("--task", required=True, choices=EVAL_TASKS,
-                   help="annotate: accuracy/macro-F1; generate: scFID/MMD; "
+                   help="annotate: accuracy/macro-F1 (and logistic-regression and kNN "
+                        "baselines on held-out cells); generate: scFID/MMD; "
                         "perturb: MMD/scFID/Pearson r with a mean-shift baseline")
     p.add_argument("--cells", choices=["auto", "held-out", "all"], default="auto",
                    help="held-out cells from the model's run record, or every cell "
@@ -442,7 +298,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--condition-key", default=None, help="perturb: obs column of conditions")
     p.add_argument("--control-value", default=None, help="perturb: value marking control cells")
     p.add_argument("--perturbation", default=None, help="perturb: the perturbation in words")
-    p.add_argument("--n", type=int, default=20, help="generate: cells per cell type")
+    p.add_argument("--n", type=int, default=20, help="generate: cells per cell type (0: as "
+                   "many as the scored cells of each type)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and halves")
     p.add_argument("--out", default=None, help="evaluation record path (.json; default: "

@@ -54,6 +54,9 @@ class PretrainConfig:
         Length of training and batch size.
     completion_only_loss
         Loss on the answers only instead of the whole text.
+    train_sampling_strategy
+        ``'random'`` or ``'group_by_length'`` (batches of similar length: far less padding,
+        which decides CPU time when short single-cell and long multi-cell examples are mixed).
     bf16
         bf16 autocast; ``None`` turns it on where the GPU supports it.
     logging_steps, seed
@@ -80,6 +83,7 @@ class PretrainConfig:
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     completion_only_loss: bool = False
+    train_sampling_strategy: str = "random"
     bf16: bool | None = None
     logging_steps: int = 10
     seed: int = 0
@@ -179,6 +183,7 @@ def run_pretrain(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_position_embeddings, bf16=bf16_enabled(config.bf16),
         completion_only_loss=config.completion_only_loss, packing=False,
+        train_sampling_strategy=config.train_sampling_strategy,
         logging_steps=config.logging_steps, seed=config.seed, data_seed=config.seed,
         save_strategy="no", report_to="none", dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
