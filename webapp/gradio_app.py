@@ -10,9 +10,10 @@ Besides the two tabs, the app serves two named API endpoints for ``gradio_client
     table, h5ad_path, summary = client.predict(handle_file("data.h5ad"), "cell_type",
                                                api_name="/annotate")
 
-``/ask(file, question, groupby='', scope='dataset', n_cells=20, max_new_tokens=0)`` returns the answer and the
-context it was given (``scope``, ``cells_used``, ``sentences``, ``genes``, ``facts``,
-``n_tokens``, ``budget``, ``model``). ``/annotate(file, label_column='', groupby='')`` returns
+``/ask(file, question, groupby='', scope='dataset', n_cells=20, max_new_tokens=0)`` returns
+the answer and the context it was given (``scope``, ``cells_used``, ``sentences``, ``genes``,
+``facts``, ``n_tokens``, ``budget``, ``model``); ``max_new_tokens=0`` picks the answer length
+as the Streamlit app does. ``/annotate(file, label_column='', groupby='')`` returns
 the predictions table (one row per cell), the annotated ``.h5ad`` (``obs['c2s_cell_type']`` and
 provenance in ``uns['c2s']['annotate']``) and a Markdown summary. Errors come back as one line,
 ``message. Fix: fix.``.
@@ -297,7 +298,8 @@ def build_app(model: ModelLike = DEFAULT_MODEL) -> gr.Blocks:
                 with gr.Column():
                     ann_labels = gr.Textbox("", label="Label column (optional)",
                                             placeholder="e.g. bulk_labels")
-                    ann_groupby = gr.Textbox("", label="Cluster column for a majority vote (optional)",
+                    ann_groupby = gr.Textbox("", label="Cluster column for a majority vote "
+                                                 "(optional)",
                                              placeholder="e.g. louvain")
             ann_button = gr.Button("Annotate", variant="primary")
             summary = gr.Markdown()
