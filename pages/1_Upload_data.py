@@ -7,8 +7,11 @@ import logging
 import pandas as pd
 import streamlit as st
 
+from c2s_engine.embedding_view import ensure_umap
 from c2s_engine.errors import C2SError
+from c2s_engine.qc import compute_qc
 from webapp import state
+from webapp.plots import embedding_figure
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +81,26 @@ if dataset is not None:
         st.success("Ready: the dataset is prepared for cell sentences.")
     with st.expander("Report as text"):
         st.code(report.to_text(), language=None)
+
+    st.subheader("Quality control and map")
+    adata = dataset.adata
+    try:
+        if "c2s_n_genes" not in adata.obs or "X_umap" not in adata.obsm:
+            with st.spinner("Computing QC numbers and a UMAP with scanpy (only when missing)..."):
+                qc = compute_qc(adata)
+                ensure_umap(adata)
+            state.save_dataset(st.session_state)
+        else:
+            qc = compute_qc(adata)
+        genes_col, counts_col, mito_col = st.columns(3)
+        genes_col.metric("Median genes per cell", f"{qc.median_genes:,.0f}")
+        counts_col.metric("Median counts per cell",
+                          "n/a (not raw counts)" if qc.median_counts is None else f"{qc.median_counts:,.0f}")
+        mito_col.metric("Median % mitochondrial",
+                        "n/a" if qc.median_pct_mito is None else f"{qc.median_pct_mito:.1f}%")
+        colour_options = ["c2s_n_genes", *report.label_columns]
+        colour = st.selectbox("Colour the map by", colour_options, key="c2s_upload_colour",
+                              index=min(1, len(colour_options) - 1))
+        st.plotly_chart(embedding_figure(adata, colour), key="c2s_upload_umap")
+    except C2SError as err:
+        st.error(str(err))

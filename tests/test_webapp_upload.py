@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -147,8 +148,15 @@ def test_example_dataset_report(tmp_path):
         "Genes": "765",
         "Organism": "Homo sapiens",
         "Gene identifiers": "symbol",
+        # QC from the log-normalised .raw: genes per cell, and no library size to report
+        "Median genes per cell": "243",
+        "Median counts per cell": "n/a (not raw counts)",
+        "Median % mitochondrial": "n/a",
     }
     dataset = at.session_state[DATASET_KEY]
+    expected = np.median(np.asarray((dataset.adata.raw.X > 0).sum(axis=1)).ravel())
+    assert expected == 243
+    assert "X_umap" in dataset.adata.obsm and len(at.get("plotly_chart")) == 1
     assert dataset.name == EXAMPLE_NAME
     assert dataset.adata.shape == (700, 765)
     # The C2S bookkeeping prepare() wrote survives an h5ad round trip.
