@@ -5,15 +5,17 @@ Run it with ``c2s app`` (see ``webapp/launch.py``), which starts Streamlit with 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
 
-from c2s_engine.errors import WorkspaceError
+from c2s_engine.errors import C2SError, WorkspaceError
 from webapp import state
 from webapp.sidebar import render_sidebar
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_OFFERED = "c2s_example_offered"
 
 UPLOAD_PAGE = st.Page(
     state.UPLOAD_SCRIPT, title="Upload data", icon=":material/upload_file:"
@@ -42,6 +44,16 @@ try:
     state.attach_workspace(st.session_state, st.query_params)
 except WorkspaceError as err:
     st.error(str(err))
+
+# `bash scripts/run.sh` sets C2S_EXAMPLE_ON_START=1 so a new session opens on the example data;
+# offered once per session, so clearing the workspace really empties it.
+if os.environ.get("C2S_EXAMPLE_ON_START") == "1" and not st.session_state.get(EXAMPLE_OFFERED):
+    st.session_state[EXAMPLE_OFFERED] = True
+    if state.DATASET_KEY not in st.session_state:
+        try:
+            state.set_dataset(st.session_state, state.load_example())
+        except C2SError as err:
+            st.error(str(err))
 
 page = st.navigation(PAGES)
 page.run()
