@@ -10,7 +10,8 @@ from c2s_engine.clustering import compute_leiden
 from c2s_engine.errors import C2SError, ObsColumnError
 from c2s_engine.tasks import caption as caption_task
 from c2s_engine.tasks.facts import cluster_sizes
-from webapp import components, models, plots, state, text_tasks
+from webapp import components, plots, state, text_tasks
+from webapp.page_setup import page_inputs
 
 TASK = caption_task.TASK
 JOB_KEY = "c2s_caption_job"
@@ -199,21 +200,10 @@ def _results(dataset: state.LoadedDataset) -> None:
 
 
 def main() -> None:
-    dataset: state.LoadedDataset | None = st.session_state.get(state.DATASET_KEY)
-    if dataset is None:
-        st.info("No dataset is loaded. Fix: load your data, or the example dataset, on the "
-                "Upload data page first.", icon=":material/info:")
-        st.page_link(st.Page(state.UPLOAD_SCRIPT, title="Upload data"),
-                     label="Go to Upload data", icon=":material/upload_file:")
+    inputs = page_inputs(TASK, "cluster captioning")
+    if inputs is None:
         return
-    loaded = models.current_model(st.session_state)
-    if loaded is None:
-        st.error(models.model_error(st.session_state) or "No model is loaded.")
-        st.caption("Choose another model in the sidebar under Change model.")
-        return
-    if not loaded.card.supports(TASK):
-        components.task_not_supported(TASK, "cluster captioning", loaded)
-        return
+    dataset, loaded = inputs
     outcome = components.collect_job(st.session_state, JOB_KEY)
     if outcome is not None:
         _apply(outcome)

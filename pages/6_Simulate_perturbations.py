@@ -15,7 +15,8 @@ from c2s_engine import compare_view
 from c2s_engine.errors import C2SError, MetricError, ObsColumnError
 from c2s_engine.tasks import perturb as perturb_task
 from c2s_engine.tasks.perturb import label_columns
-from webapp import components, genesets, models, plots, saved_results, state
+from webapp import components, genesets, plots, saved_results, state
+from webapp.page_setup import page_inputs
 
 TASK = perturb_task.TASK
 TASK_KEY = "perturb"  # uns['c2s'] key of the task's provenance
@@ -357,21 +358,10 @@ def _results(dataset: state.LoadedDataset) -> None:
 
 
 def main() -> None:
-    dataset: state.LoadedDataset | None = st.session_state.get(state.DATASET_KEY)
-    if dataset is None:
-        st.info("No dataset is loaded. Fix: load your data, or the example dataset, on the "
-                "Upload data page first.", icon=":material/info:")
-        st.page_link(st.Page(state.UPLOAD_SCRIPT, title="Upload data"),
-                     label="Go to Upload data", icon=":material/upload_file:")
+    inputs = page_inputs(TASK, "perturbation response prediction")
+    if inputs is None:
         return
-    loaded = models.current_model(st.session_state)
-    if loaded is None:
-        st.error(models.model_error(st.session_state) or "No model is loaded.")
-        st.caption("Choose another model in the sidebar under Change model.")
-        return
-    if not loaded.card.supports(TASK):
-        components.task_not_supported(TASK, "perturbation response prediction", loaded)
-        return
+    dataset, loaded = inputs
     outcome = components.collect_job(st.session_state, JOB_KEY)
     if outcome is not None:
         _apply(outcome)
