@@ -60,9 +60,11 @@ RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin c2s
 
 # The source in /app stays owned by root (read-only for the app); downloaded models are cached
-# in the user's home, which is the place to mount a volume.
+# in the user's home, which is the place to mount a volume. numba keeps its compiled kernels
+# next to the source when it can write there, so here they go to the home as well.
 USER c2s
-ENV HF_HOME=/home/c2s/.cache/huggingface
+ENV HF_HOME=/home/c2s/.cache/huggingface \
+    NUMBA_CACHE_DIR=/home/c2s/.cache/numba
 
 EXPOSE 8501
 

@@ -1,25 +1,23 @@
 """Cell sentences: per cell, the expressed genes in descending order of expression, top K.
 
-The transform is vectorised over cells and aware of sparsity; the only Python loops are over
-blocks of rows. Every stored nonzero gets one ``uint64`` sort key::
+The transform is compiled (numba) and aware of sparsity: it reads each cell's stored values
+once and never builds a dense matrix. Every candidate value gets one ``uint64`` sort key::
 
     key = (0x7FFFFFFF - float32_bits(value)) << g | tie_priority[gene]
 
 For non-negative float32 values the raw bits order exactly like the values, so inverting them
-sorts by *descending* expression, and ``g`` low bits hold the gene's tie priority. The keys of a
-block of cells are laid out as a padded cells x genes array, partitioned along rows at K when
-rows are wider than K, and the first K sorted in one ``sort(axis=1)`` call; because the tie
-priority is a permutation of the genes, the gene is recovered from the low bits through its
-inverse (no argsort).
+sorts by *descending* expression, and ``g`` low bits hold the gene's tie priority; because the
+tie priority is a permutation of the genes, the gene is recovered from the low bits through its
+inverse.
 
-Before sorting, two filters drop values that cannot reach a cell's top K; both work on the
-float32 exponent and top mantissa bits (a "bucket", monotone in the value). The first sets a
-per-cell threshold from a histogram of every 8th value, aiming at ~1.5 K survivors, and checks
-that at least K survived (otherwise the cell keeps everything). The second counts the survivors
-of each cell per bucket and keeps the buckets from the top down to the one holding the K-th
-largest value. Keeping a whole bucket keeps every value tied with the K-th, so the result is
-exactly that of sorting whole rows, only cheaper when K is much smaller than the number of
-expressed genes.
+Per cell, values are grouped into "buckets" of the float32 exponent and top mantissa bits
+(monotone in the value). A histogram of every 8th value sets a floor meant to leave ~1.5 K
+candidates (a cell where fewer than K pass keeps every value instead); an exact histogram of the
+candidates then finds the bucket holding the K-th largest value. Values above that bucket are
+in the top K; the values in it (every value tied with the K-th among them) compete for the
+places left by their keys. The K selected keys of a block of cells are sorted with numpy's
+vectorised row sort. The result is exactly that of sorting whole rows. Blocks of cells run in
+parallel threads (the kernels release the GIL).
 
 Rules (also in :func:`rank_genes`):
 
@@ -40,11 +38,13 @@ Ranks are stored compactly as ``adata.obsm['c2s_ranks']`` (int32 gene indices in
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -58,19 +58,136 @@ TIE_BREAKS = ("random", "index")
 _VALUE_BITS = 31
 _MAX_VALUE_BITS = np.uint32(0x7FFFFFFF)
 _INF_BITS = np.uint32(0x7F800000)
-# Buckets of the top-K filter: float32 exponent plus 3 mantissa bits (values within ~12%).
-_BUCKET_SHIFT = np.uint32(20)
-# The filter's threshold is estimated from every 8th value of a row.
+# Buckets of the per-cell histogram: float32 exponent plus 3 mantissa bits (values within ~9%).
+_BUCKET_SHIFT = 20
+# Every 8th value of a row goes into the histogram that sets its candidates' floor.
 _SAMPLE_STEP = 8
+# Histogram buckets at most: 4096 of 1/8 octave span 2**512, all of float32 in practice; below
+# that the lowest bucket holds the rest (still exact, only slower).
+_MAX_BUCKETS = 4096
 _PAD_KEY = np.uint64(2**64 - 1)
-# Keys (rows x widest row) per block. Small blocks keep the temporaries in cache: on the
-# benchmark's 20k-gene data, 1M keys per block ran ~1.3x faster than 4M with two threads.
-_BLOCK_KEYS = 1_000_000
-# Blocks of one chunk are ranked by this many threads (at most 8: the gain flattens out).
+# Stored values per block handed to one thread: large enough that thread start-up is noise,
+# small enough that the blocks of a chunk spread over the threads.
+_BLOCK_VALUES = 2_000_000
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-_THREADS = min(_CPUS or 1, 8)
+_THREADS = min(_CPUS or 1, 8)  # the gain flattens out beyond 8
 # Bytes of fixed-width word text built per pass when turning ranks into strings.
 _SENTENCE_PASS_BYTES = 32 * 2**20
+
+
+@numba.njit(nogil=True, cache=True)
+def _select_smallest(keys, n, k):
+    """Reorder keys[:n] in place so that its k smallest come first (quickselect, k < n)."""
+    left, right = 0, n - 1
+    while right > left:
+        mid = (left + right) // 2  # median of three guards against sorted runs
+        if keys[mid] < keys[left]:
+            keys[mid], keys[left] = keys[left], keys[mid]
+        if keys[right] < keys[left]:
+            keys[right], keys[left] = keys[left], keys[right]
+        if keys[right] < keys[mid]:
+            keys[right], keys[mid] = keys[mid], keys[right]
+        pivot = keys[mid]
+        i, j = left, right
+        while i <= j:
+            while keys[i] < pivot:
+                i += 1
+            while keys[j] > pivot:
+                j -= 1
+            if i <= j:
+                keys[i], keys[j] = keys[j], keys[i]
+                i += 1
+                j -= 1
+        if k - 1 <= j:
+            right = j
+        elif k - 1 >= i:
+            left = i
+        else:
+            return
+
+
+@numba.njit(nogil=True, cache=True)
+def _bucket_index(b, lowest):
+    """Histogram bucket of float32 bits ``b``: 0 for zero, 1 for ``lowest`` and below."""
+    return max(np.int64(b >> _BUCKET_SHIFT) - lowest + 1, 1) if b != 0 else 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _bucket_floor(bucket, lowest):
+    """Smallest nonzero float32 bits that fall in ``bucket`` (>= 1)."""
+    return np.uint32(max((bucket - 1 + lowest) << _BUCKET_SHIFT, 1)) if bucket > 1 else np.uint32(1)
+
+
+@numba.njit(nogil=True, cache=True)
+def _top_keys(indptr, indices, bits, priority, gene_bits, lowest, n_buckets, out):
+    """Write the K smallest sort keys of every CSR row into ``out`` (rows x K, unsorted).
+
+    ``out`` comes filled with the padding key, which short rows keep. Per row, a histogram of
+    every ``_SAMPLE_STEP``-th value sets a floor meant to leave ~1.5 K candidates (a row where
+    fewer than K pass keeps all its values instead), the candidates' positions are gathered
+    without branches, and an exact histogram of the candidates finds the bucket of the K-th
+    largest value: values above it are in the top K, and its own values (every value tied with
+    the K-th among them) compete for the places left by their sort keys.
+    """
+    top_k = out.shape[1]
+    shift = np.uint64(gene_bits)
+    widest = 0
+    for row in range(indptr.size - 1):
+        widest = max(widest, indptr[row + 1] - indptr[row])
+    hist = np.empty(n_buckets + 1, np.int64)
+    kept = np.empty(widest, np.int64)
+    ties = np.empty(widest, np.uint64)
+    target = 1.5 * top_k / _SAMPLE_STEP + 4
+    for row in range(indptr.size - 1):
+        # Slices, not offsets into the whole arrays: indices from 0 let the loops vectorise.
+        row_bits = bits[indptr[row] : indptr[row + 1]]
+        row_genes = indices[indptr[row] : indptr[row + 1]]
+        floor = np.uint32(1)
+        if row_bits.size > 2 * top_k:  # shorter rows are cheap to take whole
+            hist[:] = 0
+            for j in range(0, row_bits.size, _SAMPLE_STEP):
+                hist[_bucket_index(row_bits[j], lowest)] += 1
+            seen, bucket = 0, n_buckets
+            while bucket > 1 and seen + hist[bucket] < target:
+                seen += hist[bucket]
+                bucket -= 1
+            floor = _bucket_floor(bucket, lowest)
+        n_kept = 0
+        for j in range(row_bits.size):
+            kept[n_kept] = j
+            n_kept += row_bits[j] >= floor
+        if n_kept < top_k and floor > 1:  # an unlucky sample: take every value after all
+            floor, n_kept = np.uint32(1), 0
+            for j in range(row_bits.size):
+                kept[n_kept] = j
+                n_kept += row_bits[j] >= floor
+        # Exact counts of the candidates locate the bucket of the K-th largest value (the cut).
+        hist[:] = 0
+        for i in range(n_kept):
+            hist[_bucket_index(row_bits[kept[i]], lowest)] += 1
+        n_above, cut = 0, n_buckets
+        while cut > 1 and n_above + hist[cut] < top_k:
+            n_above += hist[cut]
+            cut -= 1
+        if n_above + hist[cut] <= top_k:  # the whole cut bucket fits: no tie to break there
+            cut -= 1
+        n_out, n_ties = 0, 0
+        for i in range(n_kept):
+            b = row_bits[kept[i]]
+            bucket = _bucket_index(b, lowest)
+            if bucket >= cut:
+                key = (np.uint64(_MAX_VALUE_BITS - b) << shift) | priority[row_genes[kept[i]]]
+                if bucket > cut:
+                    out[row, n_out] = key
+                    n_out += 1
+                else:
+                    ties[n_ties] = key
+                    n_ties += 1
+        if n_ties > top_k - n_out:
+            if top_k > n_out:
+                _select_smallest(ties, n_ties, top_k - n_out)
+            n_ties = top_k - n_out
+        out[row, n_out : n_out + n_ties] = ties[:n_ties]
 
 
 def _check_top_k(top_k: Any) -> int:
@@ -119,139 +236,57 @@ class _Ranker:
             block = block.copy()
             block.sum_duplicates()
         out = np.full((block.shape[0], self.top_k), -1, dtype=np.int32)
-        bounds = _row_blocks(np.diff(block.indptr))
+        bits = _value_bits(np.asarray(block.data, dtype=np.float32))
+        lowest, n_buckets = _bucket_range(bits)
+        indptr, indices = block.indptr, block.indices
 
         def rank_rows(start: int, stop: int) -> None:
-            self._rank_rows(block, start, stop, out[start:stop])
+            keys = np.full((stop - start, self.top_k), _PAD_KEY, dtype=np.uint64)
+            _top_keys(
+                indptr[start : stop + 1], indices, bits, self.priority, self.gene_bits,
+                lowest, n_buckets, keys,
+            )
+            keys.sort(axis=1)  # numpy's vectorised sort: far faster than a compiled loop here
+            # The padding key's low bits may exceed the last priority: clip, then mask it out.
+            genes = self.gene_of_priority.take(keys & self.gene_mask, mode="clip")
+            out[start:stop] = np.where(keys != _PAD_KEY, genes, -1)
 
+        bounds = _row_blocks(indptr)
         if len(bounds) == 1 or _THREADS == 1:
             for start, stop in bounds:
                 rank_rows(start, stop)
         else:
-            # numpy releases the GIL in sorts, takes and ufunc loops, so blocks run in parallel.
+            # The kernel releases the GIL (nogil) as do numpy's sorts, so blocks run in parallel
+            # threads; plain threads rather than numba's parallel layer keep concurrent callers
+            # (the web app's background jobs) safe.
             with ThreadPoolExecutor(_THREADS) as pool:
                 for _ in pool.map(rank_rows, *zip(*bounds, strict=True)):
                     pass  # iterating re-raises a block's error here
         return out
 
-    def _rank_rows(self, block: sp.csr_matrix, start: int, stop: int, out: np.ndarray) -> None:
-        lo, hi = int(block.indptr[start]), int(block.indptr[stop])
-        n_rows = stop - start
-        per_row = np.diff(block.indptr[start : stop + 1]).astype(np.int64)
-        bits = _value_bits(np.asarray(block.data[lo:hi], dtype=np.float32))
-        genes = np.asarray(block.indices[lo:hi])
-        if bits.size and bits.min() == 0:  # explicitly stored zeros are not expressed
-            stored_zero = bits == 0
-            row_of_value = np.repeat(np.arange(n_rows), per_row)
-            per_row = per_row - np.bincount(row_of_value[stored_zero], minlength=n_rows)
-            expressed = np.flatnonzero(~stored_zero)
-            bits, genes = bits.take(expressed), genes.take(expressed)
-        if bits.size == 0:
-            return
-        if per_row.max() > 2 * self.top_k:  # otherwise sorting whole rows is as cheap
-            # Positions, not boolean masks: take() is far faster than mask indexing here.
-            candidates, per_row = self._candidates(bits, per_row)
-            bits = bits.take(candidates)
-            kept, per_row = self._top_buckets(bits, per_row)
-            bits, genes = bits.take(kept), genes.take(candidates.take(kept))
 
-        # One row of keys per cell, padded with a key above any real one, sorted along rows.
-        keys = (_MAX_VALUE_BITS - bits).astype(np.uint64)
-        keys <<= np.uint64(self.gene_bits)
-        keys |= self.priority.take(genes)
-        width = int(per_row.max())
-        # Flat position of each key: its row's start in the padded array plus its place in row.
-        row_start = np.arange(n_rows, dtype=np.int64) * width - (np.cumsum(per_row) - per_row)
-        position = np.repeat(row_start, per_row)
-        position += np.arange(keys.size, dtype=np.int64)
-        padded = np.full((n_rows, width), _PAD_KEY, dtype=np.uint64)
-        padded.ravel()[position] = keys
-        if width > self.top_k:  # only the first K need ordering: partition, then sort those
-            padded.partition(self.top_k - 1, axis=1)
-            padded = padded[:, : self.top_k]
-        padded.sort(axis=1)
-        # The padding key's low bits may exceed the last priority: clip, then mask it out.
-        genes = self.gene_of_priority.take(padded & self.gene_mask, mode="clip")
-        out[:, : padded.shape[1]] = np.where(padded != _PAD_KEY, genes, -1)
-
-    def _candidates(self, bits: np.ndarray, per_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of the values that can reach their row's top K, and their count per row.
-
-        Each row gets a threshold on the float32 bits, estimated from a histogram of every
-        ``_SAMPLE_STEP``-th value and chosen to leave about 1.5 K values above it. Rows where
-        fewer than K values (or fewer than all of a short row's values) pass keep everything.
-        A row that keeps at least K values keeps every value >= its K-th largest, ties included,
-        so the top K after sorting is exactly that of the whole row.
-        """
-        n_rows = per_row.size
-        bounds = np.concatenate(([0], np.cumsum(per_row)))
-        # Row of every sampled position: the multiples of the step inside each row's bounds.
-        first_sample = -(-bounds // _SAMPLE_STEP)  # ceil division
-        sample_row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(first_sample))
-        bucket = bits[::_SAMPLE_STEP] >> _BUCKET_SHIFT
-        lowest = int(bucket.min())
-        n_buckets = int(bucket.max()) - lowest + 1
-        hist = np.bincount(
-            sample_row * n_buckets + (bucket - lowest), minlength=n_rows * n_buckets
-        ).reshape(n_rows, n_buckets)
-        from_top = np.cumsum(hist[:, ::-1], axis=1)
-        reached = from_top >= 1.5 * self.top_k / _SAMPLE_STEP + 4
-        threshold = (n_buckets - 1 - np.argmax(reached, axis=1) + lowest).astype(np.uint32)
-        threshold <<= _BUCKET_SHIFT
-        threshold[~reached[:, -1]] = 0
-        kept, kept_per_row = self._above(bits, threshold, per_row, bounds)
-        too_high = kept_per_row < np.minimum(per_row, self.top_k)
-        if too_high.any():  # an unlucky sample: those rows keep everything
-            threshold[too_high] = 0
-            kept, kept_per_row = self._above(bits, threshold, per_row, bounds)
-        return kept, kept_per_row
-
-    @staticmethod
-    def _above(
-        bits: np.ndarray, threshold: np.ndarray, per_row: np.ndarray, bounds: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        kept = np.flatnonzero(bits >= np.repeat(threshold, per_row))
-        return kept, np.diff(np.searchsorted(kept, bounds))
-
-    def _top_buckets(self, bits: np.ndarray, per_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of the values in buckets that can reach their row's top K, and their count.
-
-        The bucket is the exponent and top mantissa bits of the float32 value, which is
-        monotone in the value, so the bucket holding a row's K-th largest value also holds
-        every value tied with it and keeping that bucket and those above it is exact.
-        """
-        bucket = (bits >> _BUCKET_SHIFT).astype(np.int64)  # int64 is what bincount counts
-        bucket -= bucket.min()
-        n_buckets = int(bucket.max()) + 1
-        n_rows = per_row.size
-        flat = np.repeat(np.arange(n_rows, dtype=np.int64) * n_buckets, per_row)
-        flat += bucket
-        hist = np.bincount(flat, minlength=n_rows * n_buckets)
-        from_top = np.cumsum(hist.reshape(n_rows, n_buckets)[:, ::-1], axis=1)
-        # The first bucket (from the top) whose cumulative count reaches K holds the K-th value.
-        reached = from_top >= self.top_k
-        first_reached = np.argmax(reached, axis=1)
-        lowest_kept = n_buckets - 1 - first_reached
-        kept = from_top[np.arange(n_rows), first_reached]
-        short = ~reached[:, -1]  # fewer than K expressed genes: keep the whole row
-        lowest_kept[short] = 0
-        kept[short] = per_row[short]
-        return np.flatnonzero(bucket >= np.repeat(lowest_kept, per_row)), kept
+def _bucket_range(bits: np.ndarray) -> tuple[int, int]:
+    """(lowest bucket, number of buckets) spanned by the nonzero values, at most _MAX_BUCKETS."""
+    if bits.size == 0:
+        return 0, 1
+    lowest_bits = bits.min()
+    if lowest_bits == 0:  # stored zeros do not count
+        nonzero = bits[bits != 0]
+        lowest_bits = nonzero.min() if nonzero.size else 0
+    highest = int(bits.max()) >> _BUCKET_SHIFT
+    lowest = max(int(lowest_bits) >> _BUCKET_SHIFT, highest - _MAX_BUCKETS + 1)
+    return lowest, highest - lowest + 1
 
 
-def _row_blocks(per_row: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) row blocks whose padded rows x widest-row key array fits _BLOCK_KEYS."""
-    bounds = []
-    start, n_rows = 0, per_row.size
-    while start < n_rows:
-        # No block has more rows than _BLOCK_KEYS / its first row, so look no further.
-        window = per_row[start : start + _BLOCK_KEYS // max(int(per_row[start]), 1) + 1]
-        widest = np.maximum.accumulate(np.maximum(window, 1))
-        fits = widest * np.arange(1, widest.size + 1) <= _BLOCK_KEYS
-        stop = start + max(1, int(np.argmin(fits)) if not fits.all() else widest.size)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+def _row_blocks(indptr: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) row blocks of about _BLOCK_VALUES stored values, at least one per thread."""
+    n_rows, n_values = indptr.size - 1, int(indptr[-1])
+    n_blocks = max(1, min(n_rows, max(_THREADS, -(-n_values // _BLOCK_VALUES))))
+    if n_blocks == 1 or n_values < _BLOCK_VALUES // 8:  # too little work to share out
+        return [(0, n_rows)] if n_rows else []
+    cuts = np.searchsorted(indptr, np.linspace(0, n_values, n_blocks + 1)[1:-1])
+    edges = np.unique(np.concatenate(([0], cuts, [n_rows])))
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
 def _value_bits(values: np.ndarray) -> np.ndarray:
@@ -417,34 +452,87 @@ def compute_sentences(
     }
 
 
-class _Vocabulary:
-    """Gene names encoded once, to build sentences from gene indices without per-word work.
+@numba.njit(nogil=True, cache=True)
+def _join_words(ranks, slots, lengths):
+    """UTF-8 text of every row of ``ranks`` joined by single spaces, as one byte buffer, and
+    each row's end in it. Gene ``g`` is ``slots[g, :lengths[g]]``; ``g < 0`` is skipped."""
+    n_rows, width = ranks.shape
+    ends = np.empty(n_rows, np.int64)
+    total = 0
+    for row in range(n_rows):
+        n_words = 0
+        for col in range(width):
+            gene = ranks[row, col]
+            if gene >= 0:
+                total += lengths[gene]
+                n_words += 1
+        total += max(n_words - 1, 0)
+        ends[row] = total
+    slot_width = np.uint64(slots.shape[1])
+    text = np.empty(total + slots.shape[1], np.uint8)  # the last slot is copied whole
+    # Unsigned positions: numba then skips its negative-index checks in the copy loop.
+    position = np.uint64(0)
+    for row in range(n_rows):
+        start = position
+        for col in range(width):
+            gene = ranks[row, col]
+            if gene >= 0:
+                # Whole slots (name, then spaces) are copied: a fixed-length loop runs faster
+                # than one that stops at each name's end, and the next word overwrites the rest.
+                g = np.uint64(gene)
+                for byte in range(slot_width):
+                    text[position + byte] = slots[g, byte]
+                position += np.uint64(lengths[gene] + 1)
+        if position > start:
+            position -= np.uint64(1)  # no space after the last word
+    return text[:total], ends
 
-    Each name is stored as UTF-8 plus its trailing space in one fixed-width, NUL-padded bytes
-    array, with one extra empty entry that the ``-1`` padding of the ranks selects. A block of
-    ranks becomes text by one ``take`` of those entries (a copy of fixed-size items), dropping
-    the NUL padding in one boolean selection, and one slice and decode per cell.
+
+class _Vocabulary:
+    """Gene names encoded once as UTF-8, to build sentences from gene indices.
+
+    Each name sits in a fixed-width row of spaces (``slots``). A block of ranks becomes one
+    compiled pass that copies slots into a byte buffer, one decode and one slice per cell (of
+    the decoded text when every name is ASCII, so that byte and character positions agree; of
+    the bytes otherwise).
     """
 
     def __init__(self, gene_names: Sequence[str]) -> None:
-        encoded = list(map(str.encode, gene_names))
-        if b"\0" in b"".join(encoded):  # NUL is the padding (and HDF5 cannot store it either)
+        names = list(gene_names)
+        try:
+            encoded = "".join(names).encode()
+        except TypeError:  # names that are not all str (numbers, bytes): as str() shows them
+            names = [str(name) for name in names]
+            encoded = "".join(names).encode()
+        if b"\0" in encoded:  # HDF5 cannot store NUL, and no tokenizer reads it inside a word
             raise SentenceError(
                 "a gene name contains a NUL character, which cannot be written into a sentence",
                 "rename the genes (adata.var_names) so that none contains '\\x00'",
             )
-        n_bytes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        width = int(n_bytes.max(initial=0)) + 1
-        encoded.append(b"")  # ranks of -1 select this entry
-        self.words = np.array(encoded, dtype=f"S{width}")
-        self.words.view(np.uint8).reshape(-1, width)[np.arange(n_bytes.size), n_bytes] = ord(" ")
-        self.n_bytes = np.append(n_bytes + 1, 0)
+        self.ascii = encoded.isascii()
+        if self.ascii:  # one character per byte
+            lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
+        else:
+            lengths = np.fromiter(
+                (len(name.encode()) for name in names), dtype=np.int64, count=len(names)
+            )
+        self.lengths = lengths
+        self.slots = np.full((len(names), int(lengths.max(initial=0)) + 1), ord(" "), np.uint8)
+        word = np.repeat(np.arange(len(names)), lengths)
+        byte = np.arange(word.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        self.slots[word, byte] = np.frombuffer(encoded, dtype=np.uint8)
 
     def sentences(self, ranks: np.ndarray) -> list[str]:
         """One sentence per row of ``ranks`` (indices into the names, ``-1`` = no gene)."""
         ranks = np.asarray(ranks)
-        # Rows per pass bound the fixed-width temporaries to about _SENTENCE_PASS_BYTES.
-        per_row = max(ranks.shape[1] * self.words.itemsize, 1)
+        if ranks.size and ranks.max() >= self.lengths.size:
+            raise SentenceError(
+                f"the ranks refer to gene {int(ranks.max())} but there are only "
+                f"{self.lengths.size} gene names",
+                "pass the gene names the ranks were computed for (adata.var_names)",
+            )
+        # Rows per pass bound the text buffer to about _SENTENCE_PASS_BYTES.
+        per_row = max(ranks.shape[1] * self.slots.shape[1], 1)
         rows_at_once = max(1, _SENTENCE_PASS_BYTES // per_row)
         out: list[str] = []
         for start in range(0, ranks.shape[0], rows_at_once):
@@ -452,13 +540,13 @@ class _Vocabulary:
         return out
 
     def _block(self, ranks: np.ndarray) -> list[str]:
-        padded = self.words.take(ranks).view(np.uint8)
-        text = padded[padded != 0].tobytes()
-        row_bytes = self.n_bytes.take(ranks).sum(axis=1)
-        ends = np.cumsum(row_bytes)
-        starts = ends - row_bytes
-        stops = np.maximum(ends - 1, starts)  # drop the last word's space; '' for an empty row
-        return [text[a:b].decode() for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+        buffer, ends = _join_words(np.ascontiguousarray(ranks), self.slots, self.lengths)
+        starts = np.concatenate(([0], ends[:-1])).tolist()  # rows follow each other directly
+        if self.ascii:
+            text = codecs.decode(memoryview(buffer), "ascii")
+            return [text[a:b] for a, b in zip(starts, ends.tolist(), strict=True)]
+        raw = buffer.tobytes()
+        return [raw[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
 
 
 def sentences_from_ranks(ranks: np.ndarray, gene_names: Sequence[str]) -> list[str]:

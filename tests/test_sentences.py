@@ -143,8 +143,8 @@ def test_matches_slow_reference_on_random_sparse(top_k, monkeypatch):
     expected = slow_reference(dense, top_k, priority)
     np.testing.assert_array_equal(rank_genes(sp.csr_matrix(dense), top_k, seed=3), expected)
     np.testing.assert_array_equal(rank_genes(dense, top_k, seed=3), expected)
-    # Tiny blocks: chunking must not change anything.
-    monkeypatch.setattr(sentences_module, "_BLOCK_KEYS", 500)
+    # Tiny blocks and chunks must not change anything.
+    monkeypatch.setattr(sentences_module, "_BLOCK_VALUES", 64)
     np.testing.assert_array_equal(rank_genes(dense, top_k, seed=3, chunk_size=7), expected)
     index_order = slow_reference(dense, top_k, np.arange(120))
     np.testing.assert_array_equal(rank_genes(dense, top_k, tie_break="index"), index_order)
@@ -164,7 +164,7 @@ def test_threads_do_not_change_the_result(monkeypatch):
     rng = np.random.default_rng(5)
     X = sp.random(300, 80, density=0.5, random_state=rng, format="csr")
     X.data = np.round(X.data * 5)
-    monkeypatch.setattr(sentences_module, "_BLOCK_KEYS", 400)  # ~10 rows per block
+    monkeypatch.setattr(sentences_module, "_BLOCK_VALUES", 160)  # ~4 rows per block
     monkeypatch.setattr(sentences_module, "_THREADS", 1)
     serial = rank_genes(X, 15, seed=2)
     monkeypatch.setattr(sentences_module, "_THREADS", 4)
