@@ -10,6 +10,7 @@ import streamlit as st
 
 from c2s_engine.embedding_view import ensure_umap
 from c2s_engine.errors import C2SError
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.tasks import annotate as annotate_task
 from webapp import components, plots, state
 from webapp.page_setup import page_inputs
@@ -92,7 +93,7 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
         with st.expander("Advanced"):
             top_k = st.number_input("Genes per cell sentence", 1, 2000,
                                     int(loaded.card.top_k), key="c2s_ann_top_k")
-            batch_size = st.number_input("Batch size", 1, 256, 8, key="c2s_ann_batch")
+            batch_size = st.number_input("Batch size", 1, 256, DEFAULT_BATCH_SIZE, key="c2s_ann_batch")
     if not st.button("Annotate cells", type="primary", disabled=running, key="c2s_ann_run",
                      icon=":material/play_arrow:"):
         return

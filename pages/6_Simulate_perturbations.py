@@ -13,6 +13,7 @@ import streamlit as st
 
 from c2s_engine import compare_view
 from c2s_engine.errors import C2SError, MetricError, ObsColumnError
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.tasks import perturb as perturb_task
 from c2s_engine.tasks.perturb import label_columns
 from webapp import components, genesets, plots, saved_results, state
@@ -198,7 +199,7 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
         top_k = a.number_input("Genes per cell sentence", 1, 2000, int(loaded.card.top_k),
                                key="c2s_pt_top_k")
         seed = b.number_input("Seed", 0, 2**31 - 1, 0, key="c2s_pt_seed")
-        batch_size = c.number_input("Batch size", 1, 256, 8, key="c2s_pt_batch")
+        batch_size = c.number_input("Batch size", 1, 256, DEFAULT_BATCH_SIZE, key="c2s_pt_batch")
         sample = a.checkbox("Sample (varied cells) instead of greedy", key="c2s_pt_sample")
         temperature = b.number_input("Temperature", 0.05, 5.0, 1.0, key="c2s_pt_temperature",
                                      disabled=not sample)

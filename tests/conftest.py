@@ -38,3 +38,6 @@ def _isolated_result_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("C2S_CACHE_DIR", str(tmp_path_factory.mktemp("c2s-cache")))
     # web-app sessions save their work on disk; never into the user's home folder
     monkeypatch.setenv("C2S_WORKSPACE_DIR", str(tmp_path_factory.mktemp("c2s-workspaces")))
+    # "auto" precision on CPU depends on the processor (bf16 where it has bf16 instructions):
+    # pin it so results do not depend on the CI machine; tests of that choice override it.
+    monkeypatch.setenv("C2S_CPU_PRECISION", "fp32")

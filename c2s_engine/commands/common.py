@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from c2s_engine.errors import C2SError
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, generating: bool = True,
@@ -24,7 +25,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, generating: bool = Tru
     group.add_argument("--precision", default="auto", choices=["auto", "4bit", "8bit", "bf16", "fp32"],
                        help="auto = 4bit on CUDA, fp32 on CPU")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--batch-size", type=int, default=8, help="prompts per batch (halved on out-of-memory)")
+    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                       help=f"prompts per batch (default {DEFAULT_BATCH_SIZE}; halved on out-of-memory)")
     group.add_argument("--top-k", type=int, default=None,
                        help="genes per cell sentence (default: the model card's)")
     group.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached results")

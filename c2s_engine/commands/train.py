@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from c2s_engine.errors import C2SError, MissingFileError
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.training.evaluation import (
     annotation_baselines,
     evaluate_annotation,
@@ -300,7 +301,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--perturbation", default=None, help="perturb: the perturbation in words")
     p.add_argument("--n", type=int, default=20, help="generate: cells per cell type (0: as "
                    "many as the scored cells of each type)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and halves")
     p.add_argument("--out", default=None, help="evaluation record path (.json; default: "
                    "c2s_eval_<task>.json in the model folder)")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from c2s_engine.inference.batching import (
+    DEFAULT_BATCH_SIZE,
     ensure_pad_token,
     pad_batch,
     run_batches,
@@ -31,7 +32,7 @@ def embed(
     texts: Sequence[str],
     *,
     layer: int = -1,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
 ) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from c2s_engine.inference.batching import (
+    DEFAULT_BATCH_SIZE,
     ensure_pad_token,
     pad_batch,
     run_batches,
@@ -124,7 +125,7 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     seed: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
 ) -> GenerationResult:

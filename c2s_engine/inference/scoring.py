@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from scipy.special import softmax
 
-from c2s_engine.inference.batching import ensure_pad_token, pad_batch, run_batches, unpack_model
+from c2s_engine.inference.batching import (
+    DEFAULT_BATCH_SIZE,
+    ensure_pad_token,
+    pad_batch,
+    run_batches,
+    unpack_model,
+)
 from c2s_engine.inference.progress import CancelLike, ProgressFn
 
 TAIL_TOKENS = 16
@@ -144,7 +150,7 @@ def score_labels(
     *,
     format_candidate: Callable[[str], str] = label_response,
     length_normalize: bool = False,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
 ) -> ScoreResult:

@@ -31,6 +31,7 @@ from c2s_engine.errors import (
     UnsafeWeightsError,
     UnsupportedArchitectureError,
 )
+from c2s_engine.models.attention import use_cpu_attention
 from c2s_engine.models.card import CARD_FILENAME, ModelCard
 from c2s_engine.models.memory import estimate_memory, resolve_target
 from c2s_engine.models.registry import get_card, read_card_file, read_config
@@ -215,9 +216,11 @@ def load_model(
         ``"demo"`` (``assets/models/demo`` or the folder in ``$C2S_DEMO_MODEL``), a local folder
         written by ``save_pretrained``, or a Hugging Face id (downloaded or read from the cache).
     precision
-        ``"auto"`` (4bit on CUDA, fp32 on CPU), ``"4bit"`` (NF4, double quantisation, bf16
-        compute), ``"8bit"``, ``"bf16"`` or ``"fp32"``. Without CUDA, 4bit/8bit fall back to
-        fp32 on CPU with a notice.
+        ``"auto"`` (4bit on CUDA; on CPU bf16 where the processor has native bf16 instructions,
+        else fp32, see :func:`c2s_engine.models.memory.cpu_precision`), ``"4bit"`` (NF4, double
+        quantisation, bf16 compute), ``"8bit"``, ``"bf16"`` or ``"fp32"``. Without CUDA,
+        4bit/8bit fall back to the CPU precision with a notice. On CPU, models that use SDPA
+        attention get :mod:`c2s_engine.models.attention` (matmuls for small score matrices).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` (spread over all GPUs) or ``"cuda:N"``.
     revision
@@ -290,6 +293,8 @@ def load_model(
             "use a checkpoint that ships *.safetensors weights (pickled .bin files are refused)",
         ) from exc
     model.eval()
+    if target.device == "cpu":
+        use_cpu_attention(model)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -26,6 +26,7 @@ from scipy.special import softmax
 
 from c2s_engine.errors import LabelsError, ObsColumnError, TaskOptionError
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import get_template
 from c2s_engine.tasks.label_metrics import LabelMetrics, classification_metrics, cluster_summary
 from c2s_engine.tasks.runtime import (
@@ -157,7 +158,7 @@ def annotate(
     mode: str = "auto",
     max_new_tokens: int = 16,
     key_added: str = "c2s_cell_type",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

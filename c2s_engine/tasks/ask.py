@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from c2s_engine.errors import ContextBudgetError, GroupingError, QuestionError
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import PromptTemplate, get_template
 from c2s_engine.tasks.facts import (
     CellContext,
@@ -160,7 +161,7 @@ def answer_question(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from c2s_engine.errors import TaskOptionError
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import get_template
 from c2s_engine.tasks.facts import (
     dataset_facts,
@@ -114,7 +115,7 @@ def caption_clusters(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

@@ -20,6 +20,7 @@ from anndata import AnnData
 
 from c2s_engine.errors import TaskOptionError
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import get_template
 from c2s_engine.tasks.runtime import (
     CacheLike,
@@ -79,7 +80,7 @@ def embed(
     top_k: int | None = None,
     text: str = "prompt",
     key_added: str = "X_c2s",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

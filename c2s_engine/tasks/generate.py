@@ -33,6 +33,7 @@ from anndata import AnnData
 
 from c2s_engine.errors import ContextBudgetError, TaskOptionError
 from c2s_engine.inference import CancelLike, ProgressFn, call_key, canonical_json
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import StopRule, get_template
 from c2s_engine.reverse import ReverseFit, fit_reverse, reconstruct
 from c2s_engine.tasks.runtime import (
@@ -123,7 +124,7 @@ def generate_cells(
     sampling_top_k: int = 0,
     seed: int | None = 0,
     max_new_tokens: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

@@ -21,6 +21,7 @@ from c2s_engine.errors import (
     TaskOptionError,
 )
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import get_template
 from c2s_engine.reverse import fit_reverse, reconstruct
 from c2s_engine.tasks.neighborhoods import cell_positions
@@ -183,7 +184,7 @@ def predict_perturbation(
     top_p: float = 1.0,
     max_new_tokens: int | None = None,
     variant: str | int = "canonical",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

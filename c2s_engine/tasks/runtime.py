@@ -31,6 +31,7 @@ from c2s_engine.inference import (
     generate,
     score_labels,
 )
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.models import LoadedModel, list_models, load_model
 
 ModelLike = LoadedModel | str
@@ -159,7 +160,7 @@ def cached_generate(
     top_p: float = 1.0,
     top_k: int = 0,
     seed: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,
@@ -200,7 +201,7 @@ def cached_scores(
     *,
     task: str,
     format_candidate=None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,
@@ -235,7 +236,7 @@ def cached_embeddings(
     texts: Sequence[str],
     *,
     layer: int = -1,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

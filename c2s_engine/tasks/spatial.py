@@ -22,6 +22,7 @@ from c2s_engine.errors import (
     TaskOptionError,
 )
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.packing import count_tokens, pack_cells
 from c2s_engine.prompts import get_template
 from c2s_engine.tasks.label_metrics import classification_metrics
@@ -160,7 +161,7 @@ def predict_niche(
     max_interactions: int = 20,
     organism: str | None = None,
     variant: str | int = "canonical",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,
@@ -350,7 +351,7 @@ def predict_same_neighborhood(
     max_interactions: int = 20,
     organism: str | None = None,
     variant: str | int = "canonical",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,
@@ -476,7 +477,7 @@ def generate_neighbors(
     organism: str | None = None,
     spatial_key: str = "spatial",
     variant: str | int = "canonical",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,

@@ -15,6 +15,7 @@ import numpy as np
 from anndata import AnnData
 
 from c2s_engine.inference import CancelLike, ProgressFn
+from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import get_template
 from c2s_engine.tasks.facts import order_cells, pack_cell_context
 from c2s_engine.tasks.runtime import (
@@ -85,7 +86,7 @@ def summarize_dataset(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
     cache: CacheLike = None,
