@@ -7,7 +7,8 @@ Measurements
 ------------
 1. ``stream``: synthetic count-like cells (20k genes, ~2k expressed per cell: UMIs drawn from a
    log-normal gene popularity, then total 1e4 + log10(1 + x)) converted chunk by chunk to
-   top-200 sentence strings, at 10k / 100k / 1M cells. The worker generates ``STREAM_CHUNKS``
+   top-200 sentence strings, at 10k / 100k / 1M cells, after one untimed chunk that loads the
+   compiled kernels (its time is reported). The worker generates ``STREAM_CHUNKS``
    distinct 1,000-cell chunks and cycles through them (generating 1M cells costs far more than
    converting them, and only the conversion is timed); the whole matrix never exists and peak
    RSS must stay flat as cells grow.
@@ -20,7 +21,8 @@ Measurements
    includes loading the compiled numba kernels from their cache there). Loading the file is
    not timed.
 3. ``end to end``: the real dataset from its raw file through ``compute_sentences`` (ranking
-   the detected source matrix chunk by chunk) and ``get_sentences``.
+   the detected source matrix chunk by chunk) and ``get_sentences``: a second call timed, the
+   first one (which loads the compiled kernels) reported beside it.
 
 Usage::
 
@@ -142,6 +144,10 @@ def worker_stream(n_cells: int) -> dict:
 
     names = np.array([f"GENE{i}" for i in range(N_GENES)], dtype=object)
     chunks = [synthetic_chunk(CHUNK_CELLS, seed=i) for i in range(STREAM_CHUNKS)]
+    # One untimed chunk first: it loads the compiled kernels from numba's cache (reported).
+    t0 = time.perf_counter()
+    sentences_from_ranks(rank_genes(chunks[0], TOP_K, seed=0), names)
+    warm_up = time.perf_counter() - t0
     rank_s = strings_s = 0.0
     nnz = n_chars = 0
     for index, start in enumerate(range(0, n_cells, CHUNK_CELLS)):
@@ -166,6 +172,7 @@ def worker_stream(n_cells: int) -> dict:
         "rank_and_strings_cells_per_s": round(n_cells / (rank_s + strings_s), 1),
         "sentence_chars": n_chars,
         "distinct_chunks": STREAM_CHUNKS,
+        "untimed_first_chunk_seconds": round(warm_up, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -257,17 +264,21 @@ def worker_end_to_end(path: str) -> dict:
     from c2s_engine.sentences import compute_sentences, get_sentences
 
     adata = ad.read_h5ad(path)
-    t0 = time.perf_counter()
-    compute_sentences(adata, top_k=TOP_K, seed=0)
-    t1 = time.perf_counter()
-    sentences = get_sentences(adata)
-    t2 = time.perf_counter()
+    runs = []
+    for _ in range(2):  # the first call also loads the compiled kernels from numba's cache
+        t0 = time.perf_counter()
+        compute_sentences(adata, top_k=TOP_K, seed=0)
+        t1 = time.perf_counter()
+        sentences = get_sentences(adata)
+        runs.append((t1 - t0, time.perf_counter() - t1))
+    (first_rank, first_strings), (rank, strings) = runs
     return {
         "cells": adata.n_obs,
         "genes": adata.n_vars,
-        "compute_sentences_seconds": round(t1 - t0, 3),
-        "get_sentences_seconds": round(t2 - t1, 3),
-        "cells_per_s": round(adata.n_obs / (t2 - t0), 1),
+        "compute_sentences_seconds": round(rank, 3),
+        "get_sentences_seconds": round(strings, 3),
+        "cells_per_s": round(adata.n_obs / (rank + strings), 1),
+        "first_call_seconds": round(first_rank + first_strings, 3),
         "n_sentences": len(sentences),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

@@ -259,10 +259,28 @@ class _Ranker:
             # The kernel releases the GIL (nogil) as do numpy's sorts, so blocks run in parallel
             # threads; plain threads rather than numba's parallel layer keep concurrent callers
             # (the web app's background jobs) safe.
-            with ThreadPoolExecutor(_THREADS) as pool:
-                for _ in pool.map(rank_rows, *zip(*bounds, strict=True)):
-                    pass  # iterating re-raises a block's error here
+            for _ in _pool().map(rank_rows, *zip(*bounds, strict=True)):
+                pass  # iterating re-raises a block's error here
         return out
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One thread pool for the process (starting threads per call costs more than small data)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="c2s-sentences")
+    return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _bucket_range(bits: np.ndarray) -> tuple[int, int]:
@@ -315,7 +333,8 @@ def _as_row_blocks(X: Any, chunk_size: int) -> Iterator[sp.csr_matrix]:
     ``chunk_size`` rows at a time so only that much is converted at once.
     """
     if sp.issparse(X):
-        yield sp.csr_matrix(X)  # no copy when X is already CSR
+        # The same object when already a CSR matrix: scipy remembers its format checks there.
+        yield X if isinstance(X, sp.csr_matrix) else sp.csr_matrix(X)
         return
     X = np.asarray(X)
     if X.ndim != 2:
@@ -455,7 +474,8 @@ def compute_sentences(
 @numba.njit(nogil=True, cache=True)
 def _join_words(ranks, slots, lengths):
     """UTF-8 text of every row of ``ranks`` joined by single spaces, as one byte buffer, and
-    each row's end in it. Gene ``g`` is ``slots[g, :lengths[g]]``; ``g < 0`` is skipped."""
+    each row's end in it. Gene ``g`` is the first ``lengths[g]`` bytes of ``slots[g]`` (uint64
+    words, little-endian, padded with spaces); ``g < 0`` is skipped."""
     n_rows, width = ranks.shape
     ends = np.empty(n_rows, np.int64)
     total = 0
@@ -468,59 +488,69 @@ def _join_words(ranks, slots, lengths):
                 n_words += 1
         total += max(n_words - 1, 0)
         ends[row] = total
-    slot_width = np.uint64(slots.shape[1])
-    text = np.empty(total + slots.shape[1], np.uint8)  # the last slot is copied whole
+    text = np.empty(total + 8 * slots.shape[1], np.uint8)  # room for a last whole word
     # Unsigned positions: numba then skips its negative-index checks in the copy loop.
     position = np.uint64(0)
     for row in range(n_rows):
         start = position
         for col in range(width):
             gene = ranks[row, col]
-            if gene >= 0:
-                # Whole slots (name, then spaces) are copied: a fixed-length loop runs faster
-                # than one that stops at each name's end, and the next word overwrites the rest.
-                g = np.uint64(gene)
-                for byte in range(slot_width):
-                    text[position + byte] = slots[g, byte]
-                position += np.uint64(lengths[gene] + 1)
+            if gene < 0:
+                continue
+            g = np.uint64(gene)
+            n_bytes = np.uint64(lengths[gene] + 1)  # the name and a space
+            # Whole 8-byte words are copied (the next word overwrites what lies past the
+            # space): a few fixed-size moves run faster than one byte at a time.
+            for chunk in range((n_bytes + np.uint64(7)) >> np.uint64(3)):
+                word = slots[g, chunk]
+                base = position + np.uint64(8 * chunk)
+                for byte in range(8):
+                    text[base + np.uint64(byte)] = np.uint8((word >> np.uint64(8 * byte)) & 255)
+            position += n_bytes
         if position > start:
             position -= np.uint64(1)  # no space after the last word
     return text[:total], ends
 
 
+@numba.njit(nogil=True, cache=True)
+def _fill_slots(data, starts, lengths, slots):
+    """Copy name ``i`` (``lengths[i]`` bytes of ``data`` from ``starts[i]``) into ``slots[i]``."""
+    for word in range(lengths.size):
+        for byte in range(lengths[word]):
+            slots[word, byte] = data[starts[word] + byte]
+
+
 class _Vocabulary:
     """Gene names encoded once as UTF-8, to build sentences from gene indices.
 
-    Each name sits in a fixed-width row of spaces (``slots``). A block of ranks becomes one
-    compiled pass that copies slots into a byte buffer, one decode and one slice per cell (of
-    the decoded text when every name is ASCII, so that byte and character positions agree; of
-    the bytes otherwise).
+    Each name sits in a fixed-width row of spaces (``slots``, viewed as uint64 words). A block
+    of ranks becomes one compiled pass that copies words into a byte buffer, one decode and one
+    slice per cell (of the decoded text when every name is ASCII, so that byte and character
+    positions agree; of the bytes otherwise).
     """
 
     def __init__(self, gene_names: Sequence[str]) -> None:
-        names = list(gene_names)
+        names = gene_names.tolist() if hasattr(gene_names, "tolist") else list(gene_names)
         try:
-            encoded = "".join(names).encode()
+            joined = "\0".join(names)
         except TypeError:  # names that are not all str (numbers, bytes): as str() shows them
             names = [str(name) for name in names]
-            encoded = "".join(names).encode()
-        if b"\0" in encoded:  # HDF5 cannot store NUL, and no tokenizer reads it inside a word
+            joined = "\0".join(names)
+        encoded = joined.encode()
+        data = np.frombuffer(encoded, dtype=np.uint8)
+        separators = np.flatnonzero(data == 0)
+        if separators.size != max(len(names) - 1, 0):  # HDF5 cannot store NUL either
             raise SentenceError(
                 "a gene name contains a NUL character, which cannot be written into a sentence",
                 "rename the genes (adata.var_names) so that none contains '\\x00'",
             )
+        starts = np.concatenate(([0], separators + 1))
+        self.lengths = np.append(separators, data.size) - starts if names else starts[:0]
         self.ascii = encoded.isascii()
-        if self.ascii:  # one character per byte
-            lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
-        else:
-            lengths = np.fromiter(
-                (len(name.encode()) for name in names), dtype=np.int64, count=len(names)
-            )
-        self.lengths = lengths
-        self.slots = np.full((len(names), int(lengths.max(initial=0)) + 1), ord(" "), np.uint8)
-        word = np.repeat(np.arange(len(names)), lengths)
-        byte = np.arange(word.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        self.slots[word, byte] = np.frombuffer(encoded, dtype=np.uint8)
+        n_words = (int(self.lengths.max(initial=0)) + 1 + 7) // 8
+        slots = np.full((len(names), 8 * n_words), ord(" "), dtype=np.uint8)
+        _fill_slots(data, starts, self.lengths, slots)
+        self.slots = slots.view("<u8")
 
     def sentences(self, ranks: np.ndarray) -> list[str]:
         """One sentence per row of ``ranks`` (indices into the names, ``-1`` = no gene)."""
@@ -532,7 +562,7 @@ class _Vocabulary:
                 "pass the gene names the ranks were computed for (adata.var_names)",
             )
         # Rows per pass bound the text buffer to about _SENTENCE_PASS_BYTES.
-        per_row = max(ranks.shape[1] * self.slots.shape[1], 1)
+        per_row = max(ranks.shape[1] * 8 * self.slots.shape[1], 1)
         rows_at_once = max(1, _SENTENCE_PASS_BYTES // per_row)
         out: list[str] = []
         for start in range(0, ranks.shape[0], rows_at_once):
