@@ -12,9 +12,15 @@ Scanpy-style layout::
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# peft imports bitsandbytes, whose CPU backend logs a warning on CPUs with AVX512-BF16 that it
+# could not fetch a 4-bit kernel from the Hugging Face Hub. C2S Studio never downloads code and
+# never runs 4-bit on the CPU (bitsandbytes quantisation is for CUDA), so the line is only noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # Submodules load on first use so `import c2s_engine` (and `c2s --help`) stays fast:
 # scanpy, anndata and torch take seconds to import.

@@ -46,6 +46,9 @@ class PretrainConfig:
         genes in the vocabulary.
     max_position_embeddings
         Context length in tokens (also the longest training example).
+    dropout
+        Dropout of the attention weights and of each block's output (GPT-NeoX's
+        ``attention_dropout`` and ``hidden_dropout``); small datasets overfit without it.
     subword_vocab_size, min_word_frequency
         Tokenizer settings (:func:`~c2s_engine.training.tokenizer.train_tokenizer`).
     learning_rate, weight_decay, warmup_steps, lr_scheduler_type
@@ -72,6 +75,7 @@ class PretrainConfig:
     num_attention_heads: int = 4
     intermediate_size: int = 1024
     max_position_embeddings: int = 1024
+    dropout: float = 0.0
     subword_vocab_size: int = 2000
     min_word_frequency: int = 2
     learning_rate: float = 1e-3
@@ -104,6 +108,7 @@ def build_model(config: PretrainConfig, tokenizer) -> torch.nn.Module:
         num_attention_heads=config.num_attention_heads,
         intermediate_size=config.intermediate_size,
         max_position_embeddings=config.max_position_embeddings,
+        attention_dropout=config.dropout, hidden_dropout=config.dropout,
         tie_word_embeddings=False,  # as in Pythia
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
