@@ -81,3 +81,39 @@ def test_held_out_mask_reads_the_recorded_split():
     record.split["test_cells"]["cells"] = ["x"]
     with pytest.raises(C2SError, match="none of the 1 held-out cells recorded for cells"):
         held_out_mask(adata, "data/cells.h5ad", record, "held-out")
+
+
+def test_sentence_features_weight_genes_by_rank():
+    from c2s_engine.training.evaluation import sentence_features
+
+    values = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    features = sentence_features(values, 2)
+    np.testing.assert_allclose(features, [[0, 1, 0, 1 / np.log2(3)], [1, 0, 0, 0]])
+
+
+def test_sentence_baseline_sees_only_the_top_genes():
+    # The label lives in the weakest genes: visible to the expression baselines, not to a
+    # sentence of the top 5 genes, which is the same for both types.
+    rng = np.random.default_rng(1)
+    n = 40
+    counts = np.tile(np.r_[np.full(5, 80.0), np.zeros(5)], (n, 1))
+    kind = np.repeat(["A", "B"], n // 2)
+    counts[kind == "A", 5:7] = 3.0
+    counts[kind == "B", 7:9] = 3.0
+    counts = rng.poisson(counts).astype(np.float32)
+    counts[:, :5] = [100, 90, 80, 70, 60]  # one top-5 sentence for every cell
+    adata = AnnData(X=counts, obs=pd.DataFrame({"cell_type": kind},
+                                               index=[f"c{i}" for i in range(n)]),
+                    var=pd.DataFrame(index=[f"g{i}" for i in range(10)]))
+    prepare(adata, organism="Homo sapiens")
+    scored = np.zeros(n, dtype=bool)
+    scored[::4] = True
+    result = annotation_baselines(adata, scored, "cell_type", n_pcs=5, n_neighbors=3,
+                                  sentence_top_k=5)
+    assert result["logistic_regression"]["accuracy"] == 1.0
+    # Identical sentences: the majority training class for all, half the balanced test cells.
+    assert result["logistic_regression_on_sentences"]["accuracy"] == 0.5
+    assert "top-5 cell sentence" in result["logistic_regression_on_sentences"]["method"]
+    widened = annotation_baselines(adata, scored, "cell_type", n_pcs=5, n_neighbors=3,
+                                   sentence_top_k=9)
+    assert widened["logistic_regression_on_sentences"]["accuracy"] == 1.0

@@ -117,8 +117,9 @@ def log_normalized(adata) -> np.ndarray:
 
 
 def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: int = 50,
-                         n_neighbors: int = 15, seed: int = 0) -> dict[str, Any]:
-    """Accuracy and macro-F1 of two classical annotators fitted on the unscored cells.
+                         n_neighbors: int = 15, seed: int = 0,
+                         sentence_top_k: int | None = None) -> dict[str, Any]:
+    """Accuracy and macro-F1 of classical annotators fitted on the unscored cells.
 
     * ``logistic_regression``: CellTypist's method. Genes are scaled to zero mean and unit
       variance on the training cells (values clipped at 10), then a one-vs-rest
@@ -126,11 +127,15 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
       with the training means and deviations.
     * ``knn_pca``: the same scaled expression, PCA (``n_pcs``) fitted on the training cells,
       and a ``n_neighbors``-nearest-neighbour majority vote in that space.
+    * ``logistic_regression_on_sentences`` (with ``sentence_top_k``): the same logistic
+      regression on what a C2S model sees, each cell's top-K sentence: gene ``g`` at rank ``r``
+      (0 = highest) is the feature ``1 / log2(r + 2)``, genes outside the sentence are 0. It
+      measures how much of the label the sentences carry.
 
     Returns
     -------
     dict
-        ``{name: {accuracy, macro_f1, n_train, n_test, method}}`` for both baselines.
+        ``{name: {accuracy, macro_f1, n_train, n_test, method}}`` for each baseline.
 
     Raises
     ------
@@ -167,7 +172,7 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
     pca = PCA(n_components=n_pcs, random_state=seed).fit(x_train)
     knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int(train.sum())))
     knn.fit(pca.transform(x_train), labels[train])
-    return {
+    result = {
         "logistic_regression": scores(
             logistic.predict(x_test),
             "CellTypist: log-normalised expression scaled on training cells (clipped at 10), "
@@ -177,6 +182,28 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
             f"scaled log-normalised expression, PCA({n_pcs}) fitted on training cells, "
             f"{knn.n_neighbors}-nearest-neighbour vote"),
     }
+    if sentence_top_k:
+        features = sentence_features(values, sentence_top_k, seed=seed)
+        on_sentences = OneVsRestClassifier(
+            LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
+        on_sentences.fit(features[train], labels[train])
+        result["logistic_regression_on_sentences"] = scores(
+            on_sentences.predict(features[test]),
+            f"one-vs-rest LogisticRegression(C=1) on the top-{sentence_top_k} cell sentence: "
+            "1/log2(rank + 2) for each gene in it, 0 for the others")
+    return result
+
+
+def sentence_features(values: Any, top_k: int, *, seed: int = 0) -> np.ndarray:
+    """Cells x genes features of the top-``top_k`` cell sentences: ``1 / log2(rank + 2)`` for
+    a gene at ``rank`` (0 = highest expression), 0 for genes outside the sentence."""
+    from c2s_engine.sentences import rank_genes
+
+    ranks = rank_genes(values, top_k, seed=seed)
+    features = np.zeros((ranks.shape[0], values.shape[1]), dtype=np.float32)
+    rows, cols = np.nonzero(ranks >= 0)
+    features[rows, ranks[rows, cols]] = 1.0 / np.log2(cols + 2.0)
+    return features
 
 
 def _halves(adata, key: str, seed: int):
