@@ -13,7 +13,7 @@ from c2s_engine.errors import C2SError
 from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.tasks import annotate as annotate_task
 from webapp import components, plots, state
-from webapp.page_setup import page_inputs
+from webapp.page_setup import finished_result, job_page
 
 TASK = annotate_task.TASK
 JOB_KEY = "c2s_annotate_job"
@@ -42,15 +42,11 @@ def _typed_labels(text: str) -> list[str]:
 
 def _apply(outcome: components.JobOutcome) -> None:
     """Keep a finished run's results, or say why there are none; earlier results stay intact."""
-    if outcome.status != "done":
-        kind = "warning" if outcome.status == "cancelled" else "error"
-        st.session_state[MESSAGE_KEY] = (kind, outcome.message)
+    finished = finished_result(outcome, MESSAGE_KEY, "The annotation finished after another "
+                               "dataset was loaded, so it was not kept.")
+    if finished is None:
         return
-    dataset, annotated, result, save_error = outcome.result
-    if st.session_state.get(state.DATASET_KEY) is not dataset:
-        st.session_state[MESSAGE_KEY] = ("warning", "The annotation finished after another "
-                                         "dataset was loaded, so it was not kept.")
-        return
+    dataset, annotated, result, save_error = finished
     dataset.adata = annotated
     cached = sum(int(c.get("n_cached", 0)) for c in result.provenance.get("calls", {}).values())
     text = (f"Annotated {annotated.n_obs:,} cells in {components.format_duration(outcome.seconds)}"
@@ -246,21 +242,7 @@ def _results(dataset: state.LoadedDataset) -> None:
 
 
 def main() -> None:
-    inputs = page_inputs(TASK, "cell type annotation")
-    if inputs is None:
-        return
-    dataset, loaded = inputs
-    outcome = components.collect_job(st.session_state, JOB_KEY)
-    if outcome is not None:
-        _apply(outcome)
-    running = components.job_running(st.session_state, JOB_KEY)
-    _settings(dataset, loaded, running)
-    if components.job_running(st.session_state, JOB_KEY):
-        components.progress_panel(JOB_KEY)
-    message = st.session_state.get(MESSAGE_KEY)
-    if message is not None:
-        getattr(st, message[0])(message[1])
-    _results(dataset)
+    job_page(TASK, "cell type annotation", JOB_KEY, MESSAGE_KEY, _apply, _settings, _results)
 
 
 main()

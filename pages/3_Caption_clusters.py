@@ -11,7 +11,7 @@ from c2s_engine.errors import C2SError, ObsColumnError
 from c2s_engine.tasks import caption as caption_task
 from c2s_engine.tasks.facts import cluster_sizes
 from webapp import components, plots, state, text_tasks
-from webapp.page_setup import page_inputs
+from webapp.page_setup import finished_result, job_page
 
 TASK = caption_task.TASK
 JOB_KEY = "c2s_caption_job"
@@ -32,15 +32,11 @@ st.write(
 
 def _apply(outcome: components.JobOutcome) -> None:
     """Keep a finished run's captions, or say why there are none; earlier results stay."""
-    if outcome.status != "done":
-        kind = "warning" if outcome.status == "cancelled" else "error"
-        st.session_state[MESSAGE_KEY] = (kind, outcome.message)
+    finished = finished_result(outcome, MESSAGE_KEY, "The captions finished after another "
+                               "dataset was loaded, so they were not kept.")
+    if finished is None:
         return
-    dataset, work, result = outcome.result
-    if st.session_state.get(state.DATASET_KEY) is not dataset:
-        st.session_state[MESSAGE_KEY] = ("warning", "The captions finished after another "
-                                         "dataset was loaded, so they were not kept.")
-        return
+    dataset, work, result = finished
     dataset.adata = work
     st.session_state[VERSION_KEY] = st.session_state.get(VERSION_KEY, 0) + 1
     text = (f"Captioned {len(result.clusters)} clusters of '{result.groupby}' in "
@@ -200,20 +196,7 @@ def _results(dataset: state.LoadedDataset) -> None:
 
 
 def main() -> None:
-    inputs = page_inputs(TASK, "cluster captioning")
-    if inputs is None:
-        return
-    dataset, loaded = inputs
-    outcome = components.collect_job(st.session_state, JOB_KEY)
-    if outcome is not None:
-        _apply(outcome)
-    _settings(dataset, loaded, components.job_running(st.session_state, JOB_KEY))
-    if components.job_running(st.session_state, JOB_KEY):
-        components.progress_panel(JOB_KEY)
-    message = st.session_state.get(MESSAGE_KEY)
-    if message is not None:
-        getattr(st, message[0])(message[1])
-    _results(dataset)
+    job_page(TASK, "cluster captioning", JOB_KEY, MESSAGE_KEY, _apply, _settings, _results)
 
 
 main()

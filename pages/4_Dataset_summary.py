@@ -10,7 +10,7 @@ import streamlit as st
 from c2s_engine.errors import C2SError
 from c2s_engine.tasks import summarize as summarize_task
 from webapp import components, plots, state, text_tasks
-from webapp.page_setup import page_inputs
+from webapp.page_setup import finished_result, job_page
 
 TASK = summarize_task.TASK
 JOB_KEY = "c2s_summary_job"
@@ -32,15 +32,11 @@ st.write(
 
 def _apply(outcome: components.JobOutcome) -> None:
     """Keep a finished summary, or say why there is none; the earlier summary stays."""
-    if outcome.status != "done":
-        kind = "warning" if outcome.status == "cancelled" else "error"
-        st.session_state[MESSAGE_KEY] = (kind, outcome.message)
+    finished = finished_result(outcome, MESSAGE_KEY, "The summary finished after another "
+                               "dataset was loaded, so it was not kept.")
+    if finished is None:
         return
-    dataset, work, summary = outcome.result
-    if st.session_state.get(state.DATASET_KEY) is not dataset:
-        st.session_state[MESSAGE_KEY] = ("warning", "The summary finished after another "
-                                         "dataset was loaded, so it was not kept.")
-        return
+    dataset, work, summary = finished
     dataset.adata = work
     text = (f"Summarised from {summary.n_cells_used} cells in "
             f"{components.format_duration(outcome.seconds)}.")
@@ -155,20 +151,7 @@ def _results(dataset: state.LoadedDataset) -> None:
 
 
 def main() -> None:
-    inputs = page_inputs(TASK, "dataset summaries")
-    if inputs is None:
-        return
-    dataset, loaded = inputs
-    outcome = components.collect_job(st.session_state, JOB_KEY)
-    if outcome is not None:
-        _apply(outcome)
-    _settings(dataset, loaded, components.job_running(st.session_state, JOB_KEY))
-    if components.job_running(st.session_state, JOB_KEY):
-        components.progress_panel(JOB_KEY)
-    message = st.session_state.get(MESSAGE_KEY)
-    if message is not None:
-        getattr(st, message[0])(message[1])
-    _results(dataset)
+    job_page(TASK, "dataset summaries", JOB_KEY, MESSAGE_KEY, _apply, _settings, _results)
 
 
 main()

@@ -9,7 +9,7 @@ import streamlit as st
 from c2s_engine.errors import C2SError
 from c2s_engine.tasks import ask as ask_task
 from webapp import components, state, text_tasks
-from webapp.page_setup import page_inputs
+from webapp.page_setup import finished_result, page_inputs
 
 TASK = ask_task.TASK
 JOB_KEY = "c2s_ask_job"
@@ -32,16 +32,12 @@ st.write(
 def _apply(outcome: components.JobOutcome) -> None:
     """Add a finished answer to the conversation, or say why there is none."""
     question = st.session_state.pop(PENDING_KEY, "")
-    if outcome.status != "done":
-        kind = "warning" if outcome.status == "cancelled" else "error"
-        asked = f"Not answered: \u201c{question}\u201d. " if question.strip() else ""
-        st.session_state[MESSAGE_KEY] = (kind, asked + outcome.message)
+    asked = f"Not answered: \u201c{question}\u201d. " if question.strip() else ""
+    finished = finished_result(outcome, MESSAGE_KEY, "The answer arrived after another dataset "
+                               "was loaded, so it was not kept.", failed_prefix=asked)
+    if finished is None:
         return
-    dataset, work, answer, scope_text = outcome.result
-    if st.session_state.get(state.DATASET_KEY) is not dataset:
-        st.session_state[MESSAGE_KEY] = ("warning", "The answer arrived after another dataset "
-                                         "was loaded, so it was not kept.")
-        return
+    dataset, work, answer, scope_text = finished
     dataset.adata = work
     try:
         text_tasks.add_answer(st.session_state, answer, scope_text)

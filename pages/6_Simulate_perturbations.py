@@ -17,7 +17,7 @@ from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.tasks import perturb as perturb_task
 from c2s_engine.tasks.perturb import label_columns
 from webapp import components, genesets, plots, saved_results, state
-from webapp.page_setup import page_inputs
+from webapp.page_setup import finished_result, job_page
 
 TASK = perturb_task.TASK
 TASK_KEY = "perturb"  # uns['c2s'] key of the task's provenance
@@ -82,15 +82,11 @@ def _values(adata, column: str) -> list[str]:
 
 def _apply(outcome: components.JobOutcome) -> None:
     """Keep a finished run's results, or say why there are none; earlier results stay intact."""
-    if outcome.status != "done":
-        kind = "warning" if outcome.status == "cancelled" else "error"
-        st.session_state[MESSAGE_KEY] = (kind, outcome.message)
+    finished = finished_result(outcome, MESSAGE_KEY, "The prediction finished after another "
+                               "dataset was loaded, so it was not kept.")
+    if finished is None:
         return
-    dataset, work, predicted, joint = outcome.result
-    if st.session_state.get(state.DATASET_KEY) is not dataset:
-        st.session_state[MESSAGE_KEY] = ("warning", "The prediction finished after another "
-                                         "dataset was loaded, so it was not kept.")
-        return
+    dataset, work, predicted, joint = finished
     dataset.adata = work
     text = (f"Predicted {predicted.n_obs:,} perturbed cells in "
             f"{components.format_duration(outcome.seconds)}.")
@@ -359,20 +355,7 @@ def _results(dataset: state.LoadedDataset) -> None:
 
 
 def main() -> None:
-    inputs = page_inputs(TASK, "perturbation response prediction")
-    if inputs is None:
-        return
-    dataset, loaded = inputs
-    outcome = components.collect_job(st.session_state, JOB_KEY)
-    if outcome is not None:
-        _apply(outcome)
-    _settings(dataset, loaded, components.job_running(st.session_state, JOB_KEY))
-    if components.job_running(st.session_state, JOB_KEY):
-        components.progress_panel(JOB_KEY)
-    message = st.session_state.get(MESSAGE_KEY)
-    if message is not None:
-        getattr(st, message[0])(message[1])
-    _results(dataset)
+    job_page(TASK, "perturbation response prediction", JOB_KEY, MESSAGE_KEY, _apply, _settings, _results)
 
 
 main()

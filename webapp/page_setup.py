@@ -1,6 +1,9 @@
-"""The checks every model page starts with: a dataset, a loaded model, a model trained for the task."""
+"""What every model page shares: the checks it starts with (a dataset, a loaded model, a model
+trained for the task) and the handling of its background job."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -31,3 +34,43 @@ def page_inputs(task: str, task_title: str) -> tuple[state.LoadedDataset, Loaded
         components.task_not_supported(task, task_title, loaded)
         return None
     return dataset, loaded
+
+
+def finished_result(outcome: components.JobOutcome, message_key: str, stale: str, *,
+                    failed_prefix: str = "") -> tuple | None:
+    """The result of a finished background job, or None after saying why it is not kept.
+
+    ``outcome.result`` starts with the dataset the job ran on. A failed or cancelled job
+    leaves its message (after ``failed_prefix``) under ``message_key``; a job whose dataset was
+    replaced meanwhile leaves ``stale``. Either way the session's data and earlier results stay.
+    """
+    if outcome.status != "done":
+        kind = "warning" if outcome.status == "cancelled" else "error"
+        st.session_state[message_key] = (kind, failed_prefix + outcome.message)
+        return None
+    if st.session_state.get(state.DATASET_KEY) is not outcome.result[0]:
+        st.session_state[message_key] = ("warning", stale)
+        return None
+    return outcome.result
+
+
+def job_page(task: str, task_title: str, job_key: str, message_key: str,
+             apply: Callable[[components.JobOutcome], None],
+             settings: Callable[[state.LoadedDataset, LoadedModel, bool], None],
+             results: Callable[[state.LoadedDataset], None]) -> None:
+    """The body of a page that runs one background job: inputs, the finished job's results,
+    the settings form, progress while running, the last message, then the results."""
+    inputs = page_inputs(task, task_title)
+    if inputs is None:
+        return
+    dataset, loaded = inputs
+    outcome = components.collect_job(st.session_state, job_key)
+    if outcome is not None:
+        apply(outcome)
+    settings(dataset, loaded, components.job_running(st.session_state, job_key))
+    if components.job_running(st.session_state, job_key):
+        components.progress_panel(job_key)
+    message = st.session_state.get(message_key)
+    if message is not None:
+        getattr(st, message[0])(message[1])
+    results(dataset)
