@@ -103,6 +103,9 @@ def test_evaluate_needs_a_split_or_all_cells(tiny_gpt_neox_dir, pbmc_file, tmp_p
         run(["evaluate", "--model", str(tiny_gpt_neox_dir), "--data", str(pbmc_file),
              "--task", "annotate", "--cells", "held-out", "--label-key", "bulk_labels",
              "--out", str(tmp_path / "e.json")])
+    with pytest.raises(C2SError, match="--temperature 0 is not above 0"):
+        run(["evaluate", "--model", str(tiny_gpt_neox_dir), "--data", str(pbmc_file),
+             "--task", "perturb", "--temperature", "0", "--out", str(tmp_path / "e.json")])
     with pytest.raises(C2SError, match="needs --label-key"):
         run(["evaluate", "--model", str(tiny_gpt_neox_dir), "--data", str(pbmc_file),
              "--task", "annotate", "--out", str(tmp_path / "e.json")])
@@ -158,6 +161,7 @@ def test_evaluate_perturbation_with_the_mean_shift_baseline(tmp_path, build_chec
         adata, scored, model, label_key="bulk_labels", condition_key="condition",
         control_value="ctrl", names={"stim": "IFN-beta"}, perturbation=None, seed=0,
         batch_size=16)
+    assert metrics["decoding"] == "sampled, temperature 1"  # populations are compared
     entry = metrics["conditions"]["stim"]
     assert entry["perturbation"] == "IFN-beta" and entry["cell_types"] == [held_type]
     assert entry["n_real"] == int(scored.sum())
@@ -169,3 +173,11 @@ def test_evaluate_perturbation_with_the_mean_shift_baseline(tmp_path, build_chec
     # The baseline's change from control is the shift learned on the other cell types, which
     # varies between genes, so its Pearson r with the real change is defined.
     assert -1.0 <= entry["baseline_mean_shift"]["pearson_delta"] <= 1.0
+    greedy = train_commands.evaluate_perturbation(
+        adata, scored, model, label_key="bulk_labels", condition_key="condition",
+        control_value="ctrl", names={"stim": "IFN-beta"}, perturbation=None, seed=0,
+        batch_size=16, do_sample=False)
+    assert greedy["decoding"] == "greedy"
+    # The baseline does not depend on how the model decodes.
+    assert (greedy["conditions"]["stim"]["baseline_mean_shift"]["summary"]
+            == entry["baseline_mean_shift"]["summary"])

@@ -11,8 +11,9 @@ import pytest
 from conftest import shared_file
 
 from c2s_engine.errors import GeneSetFileError, PromptError, TaskOptionError
+from c2s_engine.metrics import cell_matrix
 from c2s_engine.prompts import list_tasks
-from c2s_engine.sentences import get_sentences
+from c2s_engine.sentences import compute_sentences, get_sentences
 from c2s_engine.tasks.facts import ClusterFacts, DatasetFacts
 from c2s_engine.tasks.neighborhoods import neighbor_graph, neighbors_of
 from c2s_engine.training.dataset import (
@@ -110,6 +111,41 @@ def test_cell_type_prediction_rows_hold_the_cells_sentence_and_label(pbmc_built,
         assert f"Cell sentence: {sentence}.\n" in row["prompt"]
         assert f"{TOP_K}" in row["prompt"] and "Homo sapiens" in row["prompt"]
         assert row["source"] == "data"
+
+
+def test_sentence_draws_cycle_through_tie_orders_of_the_same_ranking(pbmc68k):
+    adata = pbmc68k[:120].copy()
+    config = DatasetConfig(top_k=TOP_K, label_key="bulk_labels", examples_per_cell=4,
+                           sentence_draws=2, tasks=["cell_type_prediction",
+                                                    "cell_type_generation"], seed=5)
+    ds, _ = build_dataset({"pbmc": adata}, config)
+    # The data keep the sentences of the config's seed; the second order is seed + 1.
+    first = dict(zip(adata.obs_names, get_sentences(adata), strict=True))
+    other = adata.copy()
+    compute_sentences(other, top_k=TOP_K, seed=6)
+    second = dict(zip(other.obs_names, get_sentences(other), strict=True))
+    assert sum(first[c] != second[c] for c in first) > 60  # 12 genes of integer-like values tie
+    for task in ("cell_type_prediction", "cell_type_generation"):
+        seen: dict[str, list[str]] = {}
+        for row in _rows(ds["train"], task):
+            (cell,) = row["cell_ids"]
+            sentence = (row["completion"] if task == "cell_type_generation"
+                        else row["prompt"].split("Cell sentence: ")[1].split(".\n")[0])
+            seen.setdefault(cell, []).append(sentence.strip().rstrip("."))
+            if task == "cell_type_generation":
+                assert row["reference_sentence"] == seen[cell][-1]
+        for cell, sentences in seen.items():
+            # Rounds 0 and 2 use the first order, 1 and 3 the second: two of each.
+            assert sorted(sentences) == sorted([first[cell], second[cell]] * 2), cell
+    # The orders differ only among equal values: position by position the same expression.
+    values = np.asarray(cell_matrix(adata).todense())
+    column = {g: i for i, g in enumerate(adata.var_names)}
+    for row, cell in enumerate(adata.obs_names):
+        at = [values[row, [column[g] for g in s.split()]] for s in (first[cell], second[cell])]
+        np.testing.assert_array_equal(at[0], at[1])
+        assert (np.diff(at[0]) <= 0).all()
+    with pytest.raises(TaskOptionError, match="sentence_draws must be at least 1"):
+        DatasetConfig(sentence_draws=0)
 
 
 def test_multi_cell_examples_draw_cells_of_one_split_and_one_sample(pbmc_built, pbmc_data):

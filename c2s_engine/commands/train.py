@@ -214,6 +214,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from c2s_engine.training.records import RECORD_FILENAME, RunRecord, describe_inputs
     from c2s_engine.validation import prepare
 
+    if args.temperature <= 0:
+        raise C2SError(f"--temperature {args.temperature:g} is not above 0",
+                       "pass a positive temperature (1 samples from the model as trained), "
+                       "or --greedy")
     if not Path(args.data).exists():
         raise MissingFileError(f"the data file {args.data} does not exist",
                                "pass the .h5ad (or other readable file) to evaluate on")
@@ -251,7 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             adata, scored, model, label_key=label_key,
             condition_key=_setting(args, training, "condition_key", "--condition-key"),
             control_value=_setting(args, training, "control_value", "--control-value"),
-            names=names, perturbation=args.perturbation, seed=args.seed, batch_size=args.batch_size)
+            names=names, perturbation=args.perturbation, seed=args.seed, batch_size=args.batch_size,
+            do_sample=not args.greedy, temperature=args.temperature)
         summary = "; ".join(f"{v}: MMD {e['model']['summary']['mmd']:.3g}, Pearson r "
                             f"{e['model']['pearson_delta']:.3f}"
                             for v, e in metrics["conditions"].items())
@@ -301,6 +306,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--perturbation", default=None, help="perturb: the perturbation in words")
     p.add_argument("--n", type=int, default=20, help="generate: cells per cell type (0: as "
                    "many as the scored cells of each type)")
+    p.add_argument("--greedy", action="store_true", help="perturb: greedy answers instead of "
+                   "sampled ones (generated populations are compared, so sampling is the default)")
+    p.add_argument("--temperature", type=float, default=1.0, help="perturb: sampling temperature")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and halves")
     p.add_argument("--out", default=None, help="evaluation record path (.json; default: "

@@ -72,38 +72,35 @@ _GEMMA_2B = {
     "tie_word_embeddings": True,
 }
 
+def _released(name: str, architecture: str, n_parameters: int, tasks: tuple[str, ...], *,
+              context_length: int, license: str, description: str) -> ModelCard:
+    """The card of a released checkpoint: all rank the top 200 genes of human or mouse cells
+    and use the C2S prompt family."""
+    return ModelCard(name=name, architecture=architecture, n_parameters=n_parameters,
+                     tasks=tasks, top_k=200, organisms=("Homo sapiens", "Mus musculus"),
+                     context_length=context_length, prompt_family="c2s", license=license,
+                     description=description)
+
+
 # name -> (card, (model_type, config kwargs)). Context lengths: 8192 where the model card says
 # the RoPE context was extended before C2S training (and for Gemma-2); 2048 (Pythia's
 # max_position_embeddings) for the two single-task Pythia-410M models.
 _ENTRIES: dict[str, tuple[ModelCard, tuple[str, dict[str, Any]]]] = {
     "vandijklab/C2S-Scale-Gemma-2-2B": (
-        ModelCard(
-            name="vandijklab/C2S-Scale-Gemma-2-2B",
-            architecture="Gemma2ForCausalLM",
-            n_parameters=2_614_341_888,
-            tasks=_GEMMA_TASKS,
-            top_k=200,
-            organisms=("Homo sapiens", "Mus musculus"),
-            context_length=8192,
-            prompt_family="c2s",
-            license="CC-BY-4.0",
-            description="C2S-Scale multi-task foundation model on Gemma-2 2B.",
-        ),
+        _released(
+            "vandijklab/C2S-Scale-Gemma-2-2B",
+            "Gemma2ForCausalLM", 2_614_341_888, _GEMMA_TASKS,
+            context_length=8192, license="CC-BY-4.0",
+            description="C2S-Scale multi-task foundation model on Gemma-2 2B."),
         ("gemma2", {**_GEMMA_2B, "max_position_embeddings": 8192}),
     ),
     "vandijklab/C2S-Scale-Gemma-2-27B": (
-        ModelCard(
-            name="vandijklab/C2S-Scale-Gemma-2-27B",
-            architecture="Gemma2ForCausalLM",
-            n_parameters=27_227_128_320,
-            tasks=_GEMMA_TASKS,
-            top_k=200,
-            organisms=("Homo sapiens", "Mus musculus"),
-            context_length=8192,
-            prompt_family="c2s",
-            license="CC-BY-4.0",
-            description="Largest C2S-Scale model (Gemma-2 27B); 4-bit fits one workstation GPU.",
-        ),
+        _released(
+            "vandijklab/C2S-Scale-Gemma-2-27B",
+            "Gemma2ForCausalLM", 27_227_128_320, _GEMMA_TASKS,
+            context_length=8192, license="CC-BY-4.0",
+            description="Largest C2S-Scale model (Gemma-2 27B); 4-bit fits one workstation "
+                        "GPU."),
         (
             "gemma2",
             {
@@ -122,18 +119,11 @@ _ENTRIES: dict[str, tuple[ModelCard, tuple[str, dict[str, Any]]]] = {
         ),
     ),
     "vandijklab/C2S-Scale-Pythia-1b-pt": (
-        ModelCard(
-            name="vandijklab/C2S-Scale-Pythia-1b-pt",
-            architecture="GPTNeoXForCausalLM",
-            n_parameters=1_011_781_632,
-            tasks=_PYTHIA_MULTI_TASKS,
-            top_k=200,
-            organisms=("Homo sapiens", "Mus musculus"),
-            context_length=8192,
-            prompt_family="c2s",
-            license="CC-BY-NC-ND-4.0",
-            description="C2S-Scale 1B multi-task pretrained model on Pythia-1b.",
-        ),
+        _released(
+            "vandijklab/C2S-Scale-Pythia-1b-pt",
+            "GPTNeoXForCausalLM", 1_011_781_632, _PYTHIA_MULTI_TASKS,
+            context_length=8192, license="CC-BY-NC-ND-4.0",
+            description="C2S-Scale 1B multi-task pretrained model on Pythia-1b."),
         (
             "gpt_neox",
             {
@@ -148,48 +138,29 @@ _ENTRIES: dict[str, tuple[ModelCard, tuple[str, dict[str, Any]]]] = {
         ),
     ),
     "vandijklab/C2S-Pythia-410m-cell-type-prediction": (
-        ModelCard(
-            name="vandijklab/C2S-Pythia-410m-cell-type-prediction",
-            architecture="GPTNeoXForCausalLM",
-            n_parameters=405_334_016,
-            tasks=("cell_type_prediction", "embedding"),
-            top_k=200,
-            organisms=("Homo sapiens", "Mus musculus"),
-            context_length=2048,
-            prompt_family="c2s",
-            license="CC-BY-NC-ND-4.0",
-            description="Cell type prediction from the top 200 genes (Pythia-410M).",
-        ),
+        _released(
+            "vandijklab/C2S-Pythia-410m-cell-type-prediction",
+            "GPTNeoXForCausalLM", 405_334_016, ("cell_type_prediction", "embedding"),
+            context_length=2048, license="CC-BY-NC-ND-4.0",
+            description="Cell type prediction from the top 200 genes (Pythia-410M)."),
         ("gpt_neox", {**_PYTHIA_410M, "max_position_embeddings": 2048}),
     ),
     "vandijklab/C2S-Pythia-410m-cell-type-conditioned-cell-generation": (
-        ModelCard(
-            name="vandijklab/C2S-Pythia-410m-cell-type-conditioned-cell-generation",
-            architecture="GPTNeoXForCausalLM",
-            n_parameters=405_334_016,
-            tasks=("cell_type_generation",),
-            top_k=200,
-            organisms=("Homo sapiens", "Mus musculus"),
-            context_length=2048,
-            prompt_family="c2s",
-            license="CC-BY-NC-ND-4.0",
-            description="Generates 200-gene cell sentences for a given cell type (Pythia-410M).",
-        ),
+        _released(
+            "vandijklab/C2S-Pythia-410m-cell-type-conditioned-cell-generation",
+            "GPTNeoXForCausalLM", 405_334_016, ("cell_type_generation",),
+            context_length=2048, license="CC-BY-NC-ND-4.0",
+            description="Generates 200-gene cell sentences for a given cell type "
+                        "(Pythia-410M)."),
         ("gpt_neox", {**_PYTHIA_410M, "max_position_embeddings": 2048}),
     ),
     "vandijklab/C2S-Pythia-410m-diverse-single-and-multi-cell-tasks": (
-        ModelCard(
-            name="vandijklab/C2S-Pythia-410m-diverse-single-and-multi-cell-tasks",
-            architecture="GPTNeoXForCausalLM",
-            n_parameters=405_334_016,
-            tasks=_PYTHIA_MULTI_TASKS,
-            top_k=200,
-            organisms=("Homo sapiens", "Mus musculus"),
-            context_length=8192,
-            prompt_family="c2s",
-            license="CC-BY-NC-ND-4.0",
-            description="Single- and multi-cell tasks incl. dataset abstracts (Pythia-410M).",
-        ),
+        _released(
+            "vandijklab/C2S-Pythia-410m-diverse-single-and-multi-cell-tasks",
+            "GPTNeoXForCausalLM", 405_334_016, _PYTHIA_MULTI_TASKS,
+            context_length=8192, license="CC-BY-NC-ND-4.0",
+            description="Single- and multi-cell tasks incl. dataset abstracts "
+                        "(Pythia-410M)."),
         ("gpt_neox", {**_PYTHIA_410M, "max_position_embeddings": 8192}),
     ),
 }

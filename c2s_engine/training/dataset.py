@@ -11,7 +11,10 @@ How examples are made:
   from that split's cells only, and so are the facts behind derived text (marker genes are
   computed on the split's own cells).
 * Single-cell tasks (annotation, generation, niche labels, perturbation response) make
-  ``examples_per_cell`` examples per eligible cell. The other tasks make about
+  ``examples_per_cell`` examples per eligible cell. With ``sentence_draws`` above 1, the
+  rounds of a cell cycle through that many sentences of it that differ only in the order of
+  equally expressed genes (each tie order is as true as any other), so a model learns that
+  such orders carry no meaning. The other tasks make about
   ``examples_per_task`` examples per dataset, shared between the splits in proportion to their
   cells, each from ``cells_per_example`` cells (5-20 in the paper) of one sample (donor when
   ``donor_key`` is set, else the dataset), cluster or tissue; samples and clusters with fewer
@@ -115,6 +118,10 @@ class DatasetConfig:
         Genes per cell sentence.
     examples_per_cell
         Examples per eligible cell for single-cell tasks (each with its own wording).
+    sentence_draws
+        Tie orders per cell: round ``r`` of a cell's single-cell examples uses its sentence
+        ranked with seed ``seed + r % sentence_draws`` (ties are broken at random). 1: every
+        example of a cell has the same sentence. Multi-cell tasks use the first draw.
     max_examples_per_task
         Cap per dataset, split and task (0: none).
     examples_per_task
@@ -153,6 +160,7 @@ class DatasetConfig:
     tasks: str | list[str] = "all"
     top_k: int = 200
     examples_per_cell: int = 1
+    sentence_draws: int = 1
     max_examples_per_task: int = 0
     examples_per_task: int = 100
     cells_per_example: tuple[int, int] = (5, 20)
@@ -185,7 +193,7 @@ class DatasetConfig:
             raise TaskOptionError(
                 f"cells_per_example must be [smallest, largest] with 1 <= smallest <= largest, "
                 f"got {list(self.cells_per_example)}", "use e.g. cells_per_example: [5, 20]")
-        for name in ("top_k", "examples_per_cell", "examples_per_task"):
+        for name in ("top_k", "examples_per_cell", "sentence_draws", "examples_per_task"):
             if int(getattr(self, name)) < 1:
                 raise TaskOptionError(f"{name} must be at least 1, got {getattr(self, name)}",
                                       f"set {name} to a positive whole number")
@@ -255,12 +263,18 @@ class _Part:
     adata: AnnData
     sentences: np.ndarray  # object array, one sentence per cell ('' when none is expressed)
     organism: str
+    redrawn: list[np.ndarray]  # the same cells' sentences with other tie orders (may be [])
     n_dataset: int  # cells of the whole dataset
     train: _Part | None = None  # the train part of the same dataset (for test parts)
     _facts: DatasetFacts | None = None
 
     def __post_init__(self) -> None:
         self.names = self.adata.obs_names.to_numpy().astype(str)
+
+    def sentence(self, cell: int, draw: int) -> str:
+        """The cell's sentence of tie order ``draw`` (cycling through the orders made)."""
+        draw %= 1 + len(self.redrawn)
+        return str(self.sentences[cell] if draw == 0 else self.redrawn[draw - 1][cell])
 
     def column(self, key: str) -> np.ndarray:
         """obs ``key`` as strings, missing values as None."""
@@ -313,12 +327,13 @@ class _Builder:
         values = self.part.column(key)
         return self.expressed[pd.notna(values[self.expressed])], values
 
-    def per_cell(self, cells: np.ndarray) -> list[int]:
-        """Each cell ``examples_per_cell`` times, each round in its own shuffled order."""
-        rounds = [self.rng.permutation(cells) for _ in range(self.config.examples_per_cell)]
-        order = np.concatenate(rounds) if rounds else np.array([], dtype=np.int64)
+    def per_cell(self, cells: np.ndarray) -> list[tuple[int, int]]:
+        """``(cell, round)`` for each cell ``examples_per_cell`` times, each round in its own
+        shuffled order (the round picks the cell's tie order, :meth:`_Part.sentence`)."""
+        order = [(int(cell), r) for r in range(self.config.examples_per_cell)
+                 for cell in self.rng.permutation(cells)]
         cap = self.config.max_examples_per_task
-        return order[:cap].tolist() if cap else order.tolist()
+        return order[:cap] if cap else order
 
     def groups(self, cells: np.ndarray, keys: Sequence[str]) -> list[np.ndarray]:
         """``cells`` grouped by the values of obs ``keys`` (all together when none)."""
@@ -387,28 +402,31 @@ class _Builder:
 
     # ---- single-cell tasks
 
-    def _single(self, cells: np.ndarray, fields_of: Callable[[int, str], dict[str, Any]],
-                **refs_of: Callable[[int], str]) -> list[dict[str, Any]]:
+    def _single(self, cells: np.ndarray, fields_of: Callable[[int, str], dict[str, Any]], *,
+                reference: bool = False, **refs_of: Callable[[int], str]
+                ) -> list[dict[str, Any]]:
+        """One example per ``(cell, round)``; ``reference``: the sentence is also the
+        expected answer (``reference_sentence``)."""
         rows = []
-        for cell in self.per_cell(cells):
-            sentence = self.part.sentences[cell]
+        for cell, round_ in self.per_cell(cells):
+            sentence = self.part.sentence(cell, round_)
             filled = {"num_genes": len(sentence.split()), "organism": self.part.organism,
                        "cell_sentence": sentence, **fields_of(cell, sentence)}
-            rows.append(self.row(filled, cells=[cell],
-                                 **{k: f(cell) for k, f in refs_of.items()}))
+            refs = {k: f(cell) for k, f in refs_of.items()}
+            if reference:
+                refs["reference_sentence"] = sentence
+            rows.append(self.row(filled, cells=[cell], **refs))
         return rows
 
     def cell_language_modeling(self) -> list[dict[str, Any]]:
         labels = self.part.column(self.config.label_key) if self.config.label_key else None
-        return self._single(self.expressed, lambda c, s: {},
-                            reference_sentence=lambda c: self.part.sentences[c],
+        return self._single(self.expressed, lambda c, s: {}, reference=True,
                             label=lambda c: (labels[c] or "") if labels is not None else "")
 
     def cell_type_generation(self) -> list[dict[str, Any]]:
         cells, labels = self.labelled(self.require("label_key", "cell type generation"))
-        return self._single(cells, lambda c, s: {"cell_type": labels[c]},
-                            label=lambda c: labels[c],
-                            reference_sentence=lambda c: self.part.sentences[c])
+        return self._single(cells, lambda c, s: {"cell_type": labels[c]}, reference=True,
+                            label=lambda c: labels[c])
 
     def cell_type_prediction(self) -> list[dict[str, Any]]:
         cells, labels = self.labelled(self.require("label_key", "cell type prediction"))
@@ -442,7 +460,7 @@ class _Builder:
         values = [part.column(k) for k in match]
         labels = part.column(config.label_key) if config.label_key else None
         rows, n_borrowed, unmatched = [], 0, set()
-        for cell in self.per_cell(perturbed):
+        for cell, round_ in self.per_cell(perturbed):
             group = tuple(v[cell] for v in values)
             source = part if group in own else part.train if group in borrowed else None
             if source is None:
@@ -450,14 +468,14 @@ class _Builder:
                 continue
             control = int(self.rng.choice((own if source is part else borrowed)[group]))
             n_borrowed += source is not part
-            control_sentence = source.sentences[control]
+            control_sentence = source.sentence(control, round_)
             name = config.perturbation_names.get(conditions[cell], conditions[cell])
             filled = {"num_genes": len(control_sentence.split()), "perturbation_name": name,
                        "control_cell_sentence": control_sentence,
-                       "perturbed_cell_sentence": part.sentences[cell]}
+                       "perturbed_cell_sentence": part.sentence(cell, round_)}
             row = self.row(filled, cells=[cell],
                            label=(labels[cell] or "") if labels is not None else "",
-                           reference_sentence=part.sentences[cell],
+                           reference_sentence=filled["perturbed_cell_sentence"],
                            control_sentence=control_sentence, perturbation=name)
             row["cell_ids"] = [str(source.names[control]), row["cell_ids"][0]]
             rows.append(row)
@@ -693,10 +711,11 @@ def _named_inputs(adatas: AnnDataLike | Sequence[AnnDataLike] | Mapping[str, Ann
     return named
 
 
-def _load(item: AnnDataLike, config: DatasetConfig) -> AnnData:
-    """The data ready for sentences: read, filtered by ``keep``, prepared, ranked."""
+def _load(item: AnnDataLike, config: DatasetConfig) -> tuple[AnnData, list[np.ndarray]]:
+    """The data ready for sentences (read, filtered by ``keep``, prepared, ranked with
+    ``config.seed``) and the sentences of its other tie orders (``sentence_draws``)."""
     from c2s_engine.readers import read
-    from c2s_engine.sentences import compute_sentences
+    from c2s_engine.sentences import compute_sentences, get_sentences
     from c2s_engine.validation import prepare
 
     adata = item if isinstance(item, AnnData) else read(item, backed=False)
@@ -710,8 +729,12 @@ def _load(item: AnnDataLike, config: DatasetConfig) -> AnnData:
         _obs_strings(adata, getattr(config, key), key)
     if "normalization" not in adata.uns.get("c2s", {}):
         prepare(adata, organism=config.organism or None)
-    compute_sentences(adata, top_k=config.top_k, seed=config.seed)
-    return adata
+    redrawn = []
+    for draw in range(1, config.sentence_draws):
+        compute_sentences(adata, top_k=config.top_k, seed=config.seed + draw)
+        redrawn.append(np.array(get_sentences(adata), dtype=object))
+    compute_sentences(adata, top_k=config.top_k, seed=config.seed)  # what the data keep
+    return adata, redrawn
 
 
 def _obs_strings(adata: AnnData, column: str, role: str = "keep") -> pd.Series:
@@ -738,7 +761,8 @@ def _organism(adata: AnnData, config: DatasetConfig, name: str) -> str:
     return str(found)
 
 
-def _parts(name: str, adata: AnnData, test: np.ndarray, organism: str) -> dict[str, _Part]:
+def _parts(name: str, adata: AnnData, test: np.ndarray, organism: str,
+           redrawn: list[np.ndarray]) -> dict[str, _Part]:
     from c2s_engine.sentences import get_sentences
 
     sentences = np.array(get_sentences(adata), dtype=object)
@@ -746,6 +770,7 @@ def _parts(name: str, adata: AnnData, test: np.ndarray, organism: str) -> dict[s
     for split, mask in zip(SPLITS, (~test, test), strict=True):
         parts[split] = _Part(dataset=name, split=split, adata=adata[mask].copy(),
                              sentences=sentences[mask], organism=organism,
+                             redrawn=[draw[mask] for draw in redrawn],
                              n_dataset=adata.n_obs, train=parts.get("train"))
     return parts
 
@@ -816,14 +841,14 @@ def build_dataset(adatas: AnnDataLike | Sequence[AnnDataLike] | Mapping[str, Ann
 
     items = _named_inputs(adatas if adatas is not None else config.inputs)
     for d, (name, item) in enumerate(items):
-        adata = _load(item, config)
+        adata, redrawn = _load(item, config)
         test, held = split_cells(adata, config.split, seed=config.seed,
                                  label_key=config.label_key, donor_key=config.donor_key)
         for column, values in held.items():
             info.held_out[column] = sorted(set(info.held_out.get(column, [])) | set(values))
         info.test_cells[name] = adata.obs_names[test].astype(str).tolist()
         info.n_cells[name] = {"train": int((~test).sum()), "test": int(test.sum())}
-        parts = _parts(name, adata, test, _organism(adata, config, name))
+        parts = _parts(name, adata, test, _organism(adata, config, name), redrawn)
         for s, split in enumerate(SPLITS):
             builder = _Builder(parts[split], config, info.notes)
             for t, task in enumerate(tasks):

@@ -278,12 +278,16 @@ def _shifted_controls(adata, control: np.ndarray, shift: pd.Series):
 
 def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
                           condition_key: str, control_value: str, names: Mapping[str, str],
-                          perturbation: str | None, seed: int, batch_size: int
+                          perturbation: str | None, seed: int, batch_size: int,
+                          do_sample: bool = True, temperature: float = 1.0
                           ) -> dict[str, Any]:
     """MMD, scFID and Pearson r of the predicted response of the held-out perturbed cells.
 
     For each perturbed condition among the scored cells, the control cells of the same cell
-    types are perturbed by the model and compared with the real scored perturbed cells. The
+    types are perturbed by the model and compared with the real scored perturbed cells.
+    Answers are sampled (``do_sample``, ``temperature``) by default, as generated cells are:
+    the metrics compare distributions, and greedy answers collapse each cell type towards its
+    most likely sentence, which no population of real cells looks like. The
     baseline adds to the same controls the mean change (perturbed minus control) measured on
     the other, unscored cells. The perturbation is named ``perturbation`` in prompts, or else
     ``names[condition value]`` (the training config's ``perturbation_names``) or the value.
@@ -304,7 +308,8 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
                            f"cell types {types}", "evaluate on data holding their controls")
         real, controls = adata[real_mask].copy(), adata[control].copy()
         word = perturbation or names.get(value, value)
-        predicted = predict_perturbation(controls, word, model, seed=seed, batch_size=batch_size)
+        predicted = predict_perturbation(controls, word, model, seed=seed, batch_size=batch_size,
+                                         do_sample=do_sample, temperature=temperature)
         predicted.obs[label_key] = controls.obs[label_key].astype(str).to_numpy()
         real.obs[label_key] = real.obs[label_key].astype(str)
         train_pert = ~scored & (condition == value) & ~np.isin(labels, types)
@@ -320,8 +325,9 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
     if not results:
         raise C2SError(f"no scored cell is perturbed ({condition_key} != {control_value!r})",
                        "evaluate a model whose split held out perturbed cells, or --cells all")
+    decoding = f"sampled, temperature {temperature:g}" if do_sample else "greedy"
     return {"label_key": label_key, "condition_key": condition_key,
-            "control_value": control_value, "conditions": results}
+            "control_value": control_value, "decoding": decoding, "conditions": results}
 
 
 def _response_metrics(real, controls, predicted, label_key: str) -> dict[str, Any]:
