@@ -113,8 +113,11 @@ def update_model_files(model_dir: Path, result: dict, command: str) -> None:
     card_path = model_dir / CARD_FILENAME
     card = json.loads(card_path.read_text(encoding="utf-8"))
     split = record.split
+    card["name"] = model_dir.name  # the shipped folder's name, not the training run's
     card["training"] = {
-        "command": record.command,
+        # The committed recipe; the run record keeps the command as it ran (its config is the
+        # recipe's, whatever file it was read from).
+        "command": "c2s train pretrain --config configs/pretrain_pbmc_demo.yaml",
         "evaluation_command": command,
         "data_source": "scanpy.datasets.pbmc68k_reduced() (700 PBMCs, Zheng et al. 2017) "
                        "with integer counts: ../shared/data/pbmc68k_with_counts/"

@@ -196,7 +196,9 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
                                key="c2s_pt_top_k")
         seed = b.number_input("Seed", 0, 2**31 - 1, 0, key="c2s_pt_seed")
         batch_size = c.number_input("Batch size", 1, 256, DEFAULT_BATCH_SIZE, key="c2s_pt_batch")
-        sample = a.checkbox("Sample (varied cells) instead of greedy", key="c2s_pt_sample")
+        # Sampled answers keep a population's spread (greedy ones collapse each cell type
+        # towards one sentence), so they are the default for a UMAP next to real cells.
+        sample = a.checkbox("Sample (varied cells) instead of greedy", True, key="c2s_pt_sample")
         temperature = b.number_input("Temperature", 0.05, 5.0, 1.0, key="c2s_pt_temperature",
                                      disabled=not sample)
         per_options = [NONE, *(name for name in columns if name != condition)]
