@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -195,6 +196,36 @@ def test_demo_missing_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("C2S_DEMO_MODEL", str(tmp_path / "gone"))
     with pytest.raises(DemoModelMissingError, match=r"nothing at C2S_DEMO_MODEL=.*gone"):
         load_model("demo")
+
+
+def test_bundled_models_load_by_name_and_are_offered_first(monkeypatch, tmp_path,
+                                                             build_checkpoint):
+    from c2s_engine.tasks.runtime import TaskNotSupportedError, check_task, models_supporting
+
+    models = tmp_path / "models"
+    card = {"name": "x", "architecture": "GPTNeoXForCausalLM", "n_parameters": 0,
+            "tasks": ["perturbation_response"], "top_k": 6, "organisms": ["Homo sapiens"],
+            "context_length": 256, "prompt_family": "c2s"}
+    build_checkpoint(models / "perturb-demo", "gpt_neox", card=card)
+    (models / "broken").mkdir()
+    (models / "broken" / "c2s.json").write_text("{not json", encoding="utf-8")
+    (models / "notes").mkdir()  # no card: not a model
+    monkeypatch.setattr(loading_module, "MODELS_DIR", models)
+
+    assert list(loading_module.bundled_models()) == ["perturb-demo"]
+    loaded = load_model("perturb-demo", "fp32", "cpu")
+    assert loaded.name == "perturb-demo" and loaded.card.supports("perturbation_response")
+    # Shipped models load offline, so they come before released checkpoints.
+    assert models_supporting("perturbation_response")[0] == "perturb-demo"
+    assert models_supporting("cell_type_prediction")[0].startswith("vandijklab/")
+    other = dataclasses.replace(loaded, card=dataclasses.replace(
+        loaded.card, tasks=("cell_type_prediction",)))
+    with pytest.raises(TaskNotSupportedError, match=r"use a model trained for it \(perturb-demo"):
+        check_task(other, "perturbation_response")
+    with pytest.raises(ModelNotFoundError, match="broken holds no model weights"):
+        load_model("broken", "fp32", "cpu")  # found by name, so the error is about the folder
+    with pytest.raises(ModelNotFoundError, match="does not exist and is not a Hugging Face id"):
+        load_model("notes", "fp32", "cpu")
 
 
 def test_c2s_json_card_wins_and_inherits_from_its_base(tiny_gemma2_dir):

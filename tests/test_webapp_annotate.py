@@ -63,7 +63,10 @@ def test_a_model_without_cell_type_prediction_offers_the_ones_that_have_it(
         "The current model, demo, was not trained for cell type annotation (its model card "
         "lists: question_answering), so its answers here would not mean anything.")
     offered = [b.label for b in at.main.button]
-    assert offered == [f"Use {name}" for name in models_supporting("cell_type_prediction")]
+    # Every model that lists the task except the current one ("demo", here the test's
+    # model), shipped models first.
+    assert offered == [f"Use {name}" for name in models_supporting("cell_type_prediction")
+                       if name != "demo"]
     assert "Use vandijklab/C2S-Pythia-410m-cell-type-prediction" in offered
     assert "c2s_ann_run" not in [b.key for b in at.button]
 
@@ -321,10 +324,11 @@ def test_a_failed_model_load_is_remembered_not_retried(webapp_env, monkeypatch, 
     assert len(calls) == 2
 
 
-def test_model_options_list_demo_then_the_registry():
+def test_model_options_list_demo_the_shipped_models_then_the_registry():
     options = models.model_options()
-    assert options[0] == "demo"
-    assert "vandijklab/C2S-Scale-Gemma-2-2B" in options
+    # The shipped perturbation and spatial models load offline, so they come before downloads.
+    assert options[:3] == ["demo", "kang-perturbation", "osmfish-spatial"]
+    assert options[3:] == [card.name for card in models.list_models()]
 
 
 # --- plots --------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ def task_not_supported(task: str, task_title: str, loaded: LoadedModel) -> None:
     st.warning(f"The current model, {loaded.name}, was not trained for {task_title.lower()} "
                f"(its model card lists: {listed}), so its answers here would not mean anything.",
                icon=":material/block:")
-    others = models_supporting(task)
+    others = [name for name in models_supporting(task) if name != loaded.name]
     if not others:
         st.info("No registered model lists this task. Fine-tune one with `c2s train sft` and "
                 "load its folder in the sidebar.")

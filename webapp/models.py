@@ -19,7 +19,7 @@ import streamlit as st
 
 from c2s_engine.errors import C2SError
 from c2s_engine.models import LoadedModel, list_models, load_model
-from c2s_engine.models.loading import DEMO_ENV_VAR, DEMO_NAME
+from c2s_engine.models.loading import DEMO_ENV_VAR, DEMO_NAME, bundled_models
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ class ModelChoice:
 
 
 def model_options() -> list[str]:
-    """Names offered in the model picker: the demo model, then the released checkpoints."""
-    return [DEMO_NAME, *(card.name for card in list_models())]
+    """Names offered in the model picker: the demo model, the other models shipped with
+    C2S Studio (offline), then the released checkpoints."""
+    shipped = [name for name in bundled_models() if name != DEMO_NAME]
+    return [DEMO_NAME, *shipped, *(card.name for card in list_models())]
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (once for all sessions)...")

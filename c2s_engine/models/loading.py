@@ -27,6 +27,7 @@ from transformers.utils import cached_file
 from c2s_engine.errors import (
     DemoModelMissingError,
     InsufficientMemoryError,
+    ModelCardError,
     ModelNotFoundError,
     UnsafeWeightsError,
     UnsupportedArchitectureError,
@@ -109,6 +110,23 @@ class LoadedModel:
         }
 
 
+def bundled_models() -> dict[str, ModelCard]:
+    """The models shipped under ``assets/models`` that load offline, by the name that loads
+    them (``"demo"`` or the folder name), with their cards; folders without a readable
+    ``c2s.json`` are left out."""
+    found: dict[str, ModelCard] = {}
+    folders = sorted(MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
+    for folder in folders:
+        if not (folder / CARD_FILENAME).is_file():
+            continue
+        try:
+            card = read_card_file(folder / CARD_FILENAME)
+        except ModelCardError:
+            continue  # a broken card only stops that folder from being offered
+        found[folder.name] = card
+    return found
+
+
 @dataclass(frozen=True)
 class _Source:
     name: str  # what the user will see
@@ -117,7 +135,8 @@ class _Source:
 
 
 def resolve_source(name_or_path: str) -> _Source:
-    """Map ``"demo"``, a folder or a Hugging Face id to where the checkpoint is.
+    """Map ``"demo"``, a folder, a bundled model's name (:func:`bundled_models`) or a Hugging
+    Face id to where the checkpoint is.
 
     Raises
     ------
@@ -141,6 +160,9 @@ def resolve_source(name_or_path: str) -> _Source:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _Source(path.resolve().name, str(path), local=True)
+    shipped = MODELS_DIR / name_or_path
+    if "/" not in name_or_path and (shipped / CARD_FILENAME).is_file():
+        return _Source(name_or_path, str(shipped), local=True)  # e.g. "kang-perturbation"
     if path.exists():
         raise ModelNotFoundError(
             f"{path} is a file, but a model is a folder",

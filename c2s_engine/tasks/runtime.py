@@ -33,6 +33,7 @@ from c2s_engine.inference import (
 )
 from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.models import LoadedModel, list_models, load_model
+from c2s_engine.models.loading import bundled_models
 
 ModelLike = LoadedModel | str
 CacheLike = ResultCache | bool | None
@@ -59,8 +60,10 @@ def resolve_model(model: ModelLike, *, precision: str = "auto", device: str = "a
 
 
 def models_supporting(task: str) -> list[str]:
-    """Registered checkpoints whose card lists ``task`` (for "use one of ..." advice)."""
-    return [card.name for card in list_models() if card.supports(task)]
+    """Models whose card lists ``task`` (for "use one of ..." advice): first those shipped
+    with C2S Studio (they load offline), then the released checkpoints."""
+    shipped = [name for name, card in bundled_models().items() if card.supports(task)]
+    return shipped + [card.name for card in list_models() if card.supports(task)]
 
 
 def check_task(model: LoadedModel, task: str, *, allow_unsupported: bool = False) -> bool:
