@@ -9,7 +9,7 @@ import streamlit as st
 from c2s_engine.errors import C2SError
 from c2s_engine.tasks import ask as ask_task
 from webapp import components, state, text_tasks
-from webapp.page_setup import finished_result, page_inputs
+from webapp.page_setup import finished_result, page_start
 
 TASK = ask_task.TASK
 JOB_KEY = "c2s_ask_job"
@@ -157,13 +157,10 @@ def _downloads(dataset: state.LoadedDataset, entries: list[dict]) -> None:
 
 
 def main() -> None:
-    inputs = page_inputs(TASK, "question answering")
+    inputs = page_start(TASK, "question answering", JOB_KEY, _apply)
     if inputs is None:
         return
     dataset, loaded = inputs
-    outcome = components.collect_job(st.session_state, JOB_KEY)
-    if outcome is not None:
-        _apply(outcome)
     running = components.job_running(st.session_state, JOB_KEY)
     options = _scope(dataset, loaded)
     try:

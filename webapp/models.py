@@ -18,8 +18,8 @@ from typing import Any
 import streamlit as st
 
 from c2s_engine.errors import C2SError
-from c2s_engine.models import LoadedModel, list_models, load_model
-from c2s_engine.models.loading import DEMO_ENV_VAR, DEMO_NAME, bundled_models
+from c2s_engine.models import LoadedModel, bundled_names, list_models, load_model
+from c2s_engine.models.loading import DEMO_ENV_VAR, DEMO_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ModelChoice:
 def model_options() -> list[str]:
     """Names offered in the model picker: the demo model, the other models shipped with
     C2S Studio (offline), then the released checkpoints."""
-    shipped = [name for name in bundled_models() if name != DEMO_NAME]
+    shipped = [name for name in bundled_names() if name != DEMO_NAME]
     return [DEMO_NAME, *shipped, *(card.name for card in list_models())]
 
 

@@ -54,21 +54,32 @@ def finished_result(outcome: components.JobOutcome, message_key: str, stale: str
     return outcome.result
 
 
+def page_start(task: str, task_title: str, job_key: str,
+               apply: Callable[[components.JobOutcome], None]
+               ) -> tuple[state.LoadedDataset, LoadedModel] | None:
+    """:func:`page_inputs`, then hand a job that finished since the last run to ``apply``
+    (before any widget is drawn, so the page shows its results)."""
+    inputs = page_inputs(task, task_title)
+    if inputs is None:
+        return None
+    outcome = components.collect_job(st.session_state, job_key)
+    if outcome is not None:
+        apply(outcome)
+    return inputs
+
+
 def job_page(task: str, task_title: str, job_key: str, message_key: str,
              apply: Callable[[components.JobOutcome], None],
              settings: Callable[[state.LoadedDataset, LoadedModel, bool], None],
              results: Callable[[state.LoadedDataset], None]) -> None:
     """The body of a page that runs one background job: inputs, the finished job's results,
     the settings form, progress while running, the last message, then the results."""
-    inputs = page_inputs(task, task_title)
+    inputs = page_start(task, task_title, job_key, apply)
     if inputs is None:
         return
     dataset, loaded = inputs
-    outcome = components.collect_job(st.session_state, job_key)
-    if outcome is not None:
-        apply(outcome)
     settings(dataset, loaded, components.job_running(st.session_state, job_key))
-    if components.job_running(st.session_state, job_key):
+    if components.job_running(st.session_state, job_key):  # again: settings may start one
         components.progress_panel(job_key)
     message = st.session_state.get(message_key)
     if message is not None:

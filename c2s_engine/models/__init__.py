@@ -10,7 +10,12 @@ import logging
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from c2s_engine.models.card import TASKS, ModelCard  # noqa: E402
-from c2s_engine.models.loading import LoadedModel, load_model  # noqa: E402
+from c2s_engine.models.loading import (  # noqa: E402
+    LoadedModel,
+    bundled_models,
+    bundled_names,
+    load_model,
+)
 from c2s_engine.models.memory import MemoryEstimate, estimate_memory, resolve_target  # noqa: E402
 from c2s_engine.models.registry import get_card, list_models  # noqa: E402
 
@@ -19,6 +24,8 @@ __all__ = [
     "LoadedModel",
     "MemoryEstimate",
     "ModelCard",
+    "bundled_models",
+    "bundled_names",
     "estimate_memory",
     "get_card",
     "list_models",

@@ -110,20 +110,23 @@ class LoadedModel:
         }
 
 
+def bundled_names() -> list[str]:
+    """Names of the models shipped under ``assets/models`` (``"demo"`` and the folder names:
+    the folders holding a ``c2s.json``); a directory listing, no card is read."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(f.name for f in MODELS_DIR.iterdir() if (f / CARD_FILENAME).is_file())
+
+
 def bundled_models() -> dict[str, ModelCard]:
-    """The models shipped under ``assets/models`` that load offline, by the name that loads
-    them (``"demo"`` or the folder name), with their cards; folders without a readable
-    ``c2s.json`` are left out."""
+    """The shipped models (:func:`bundled_names`) with their cards; a folder whose card
+    cannot be read is left out."""
     found: dict[str, ModelCard] = {}
-    folders = sorted(MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
-    for folder in folders:
-        if not (folder / CARD_FILENAME).is_file():
-            continue
+    for name in bundled_names():
         try:
-            card = read_card_file(folder / CARD_FILENAME)
+            found[name] = read_card_file(MODELS_DIR / name / CARD_FILENAME)
         except ModelCardError:
             continue  # a broken card only stops that folder from being offered
-        found[folder.name] = card
     return found
 
 

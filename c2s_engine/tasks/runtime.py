@@ -32,8 +32,7 @@ from c2s_engine.inference import (
     score_labels,
 )
 from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
-from c2s_engine.models import LoadedModel, list_models, load_model
-from c2s_engine.models.loading import bundled_models
+from c2s_engine.models import LoadedModel, bundled_models, list_models, load_model
 
 ModelLike = LoadedModel | str
 CacheLike = ResultCache | bool | None

@@ -166,8 +166,10 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
                 "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
                 "n_train": int(train.sum()), "n_test": int(test.sum()), "method": method}
 
-    logistic = OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
-    logistic.fit(x_train, labels[train])
+    def logistic_regression() -> OneVsRestClassifier:  # CellTypist's settings
+        return OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
+
+    logistic = logistic_regression().fit(x_train, labels[train])
     n_pcs = min(n_pcs, x_train.shape[0] - 1, x_train.shape[1])
     pca = PCA(n_components=n_pcs, random_state=seed).fit(x_train)
     knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int(train.sum())))
@@ -184,9 +186,7 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
     }
     if sentence_top_k:
         features = sentence_features(values, sentence_top_k, seed=seed)
-        on_sentences = OneVsRestClassifier(
-            LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
-        on_sentences.fit(features[train], labels[train])
+        on_sentences = logistic_regression().fit(features[train], labels[train])
         result["logistic_regression_on_sentences"] = scores(
             on_sentences.predict(features[test]),
             f"one-vs-rest LogisticRegression(C=1) on the top-{sentence_top_k} cell sentence: "
