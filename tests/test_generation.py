@@ -166,3 +166,23 @@ def test_no_prompts_give_an_empty_result(tiny):
     model, tok = tiny
     result = generate(model, tok, [], max_new_tokens=3)
     assert (result.answers, result.completions, result.n_new_tokens) == ([], [], [])
+
+
+def test_no_repeat_guard_breaks_a_loop_but_lets_the_answer_quote_its_prompt(scripted):
+    model, tok = scripted
+    looping = generate(model, tok, ["CD74 T B"], max_new_tokens=6, stop=None)
+    assert looping.completions == ["T B T B T B"]
+    guarded = generate(model, tok, ["CD74 T B"], max_new_tokens=6, stop=None,
+                       no_repeat_ngram_size=2)
+    words = guarded.completions[0].split()
+    # "T B" is already in the prompt and may still be written once; the loop stops there.
+    assert words[:3] == ["T", "B", "T"]
+    assert words[3] != "B"
+    bigrams = list(zip(words, words[1:], strict=False))
+    assert len(bigrams) == len(set(bigrams))
+    # transformers' own no_repeat_ngram_size counts the prompt's "T B" and bans it at once.
+    enc = tok("CD74 T B", return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False, no_repeat_ngram_size=2,
+                         pad_token_id=tok.pad_token_id)
+    hf_words = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split()
+    assert hf_words[0] == "T" and hf_words[1] != "B"

@@ -234,6 +234,15 @@ def test_stop_strings():
     assert get_template("cell_type_prediction").stop.reserve_tokens == 64
 
 
+def test_free_text_templates_carry_a_repetition_guard_and_others_do_not():
+    for task in ("question_answering", "cluster_captioning", "natural_language_interpretation"):
+        assert get_template(task).stop.no_repeat_ngram_size == 4
+    # Labels and cell sentences: multi-token gene symbols share sub-word n-grams.
+    for task in ("cell_type_prediction", "cell_type_generation",
+                 "cell_types_conditioned_sample_generation", "perturbation_response"):
+        assert get_template(task).stop.no_repeat_ngram_size == 0
+
+
 # ----------------------------------------------------------------- user overrides
 
 OVERRIDE = textwrap.dedent("""\
@@ -322,6 +331,8 @@ def test_env_directory_applies_and_explicit_directory_wins(tmp_path, monkeypatch
      "{cell_sentence} which is not a plain name"),
     (lambda s: s.replace("reserve_tokens: 16", "reserve_tokens: lots"),
      "reserve_tokens must be a whole number"),
+    (lambda s: s.replace("reserve_tokens: 16", "reserve_tokens: 16\n  no_repeat_ngram_size: -1"),
+     "no_repeat_ngram_size must be a whole number >= 0"),
     (lambda s: s.replace("paraphrases:\n", "paraphrases:\n  - wording: x\n"),
      "paraphrase 1 has unknown key(s) wording"),
 ])

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    set_seed,
+)
 
 from c2s_engine.inference.batching import (
     DEFAULT_BATCH_SIZE,
@@ -107,6 +113,31 @@ class FinishTracker(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+class NoRepeatNGramInAnswer(LogitsProcessor):
+    """Forbid a token that would repeat an n-gram of the *generated* tokens.
+
+    ``generate(no_repeat_ngram_size=n)`` also counts the prompt's n-grams, which would stop
+    an answer from quoting a cell type label or gene list written in its context; this
+    guard looks only at the tokens after ``prompt_len``.
+    """
+
+    def __init__(self, n: int, prompt_len: int) -> None:
+        self.n = n
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        new = input_ids[:, self.prompt_len:].tolist()
+        for row, tokens in enumerate(new):
+            if len(tokens) < self.n:
+                continue
+            prefix = tokens[len(tokens) - self.n + 1:]
+            banned = {tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1)
+                      if tokens[i:i + self.n - 1] == prefix}
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]
@@ -124,6 +155,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
+    no_repeat_ngram_size: int = 0,
     seed: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
@@ -147,6 +179,10 @@ def generate(
     do_sample, temperature, top_p, top_k
         Greedy decoding by default; with ``do_sample=True`` the usual sampling controls
         (``top_k=0`` and ``top_p=1.0`` disable those filters).
+    no_repeat_ngram_size
+        With ``n > 0``, no token n-gram appears twice in an answer (the prompt's n-grams do
+        not count; see :class:`NoRepeatNGramInAnswer`). For free text only: a template sets
+        it in its ``answer`` block.
     seed
         Seeds torch's global generator (``transformers.set_seed``) before the first batch,
         so a sampled call is reproducible for the same prompts, batch size and device.
@@ -181,9 +217,11 @@ def generate(
         batch = pad_batch(tokenizer, [ids[i] for i in indices], "left", model.device)
         prompt_len = batch["input_ids"].shape[1]
         tracker = FinishTracker(tokenizer, stop or (), eos, prompt_len, len(indices))
+        guards = ([NoRepeatNGramInAnswer(no_repeat_ngram_size, prompt_len)]
+                  if no_repeat_ngram_size > 0 else [])
         with torch.inference_mode():
             out = model.generate(**batch, stopping_criteria=StoppingCriteriaList([tracker]),
-                                 **options)
+                                 logits_processor=LogitsProcessorList(guards), **options)
         rows = []
         for new, finished_at in zip(out[:, prompt_len:].tolist(), tracker.finished_at,
                                     strict=True):

@@ -15,6 +15,7 @@ Each task is one YAML file (``templates/<task>.yaml``) with this schema::
       format: "A cell type label followed by a period."
       stop: period                      # period | newline | eos
       reserve_tokens: 64                # room kept free for the answer when packing
+      no_repeat_ngram_size: 4           # optional, free text: no token 4-gram twice (0: off)
     canonical: {prompt: "...", response: " {cell_type}."}
     paraphrases:                        # optional; a paraphrase may omit its response
       - {prompt: "..."}
@@ -59,6 +60,7 @@ _TOP_KEYS_REQUIRED = (
 _TOP_KEYS_OPTIONAL = ("paraphrases", "cell_field")
 _FIELDS_KEYS = ("prompt", "response")
 _ANSWER_KEYS = ("format", "stop", "reserve_tokens")
+_ANSWER_KEYS_OPTIONAL = ("no_repeat_ngram_size",)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A period ends the answer only when followed by whitespace or the end of the text, so
 # gene ids with an inner dot (AL627309.1) do not cut a generated cell sentence short.
@@ -78,11 +80,17 @@ class StopRule:
         The answer format in words (the ``answer.format`` of the YAML file).
     reserve_tokens
         Tokens to keep free for the answer when packing a prompt into a context window.
+    no_repeat_ngram_size
+        Decoding never repeats a token n-gram of this size (0: no guard). Small models
+        decoding free text greedily fall into loops ("derived from the data: derived from
+        the data: ..."); cell sentences must not use it, since multi-token gene symbols share
+        sub-word n-grams.
     """
 
     kind: str
     description: str
     reserve_tokens: int
+    no_repeat_ngram_size: int = 0
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -334,7 +342,7 @@ def parse_template_file(path: str | Path) -> TaskSpec:
     if not isinstance(answer, Mapping):
         raise PromptError(f"Template file {source}: 'answer' must be a mapping",
                           "write answer: {format: ..., stop: period, reserve_tokens: 64}")
-    _check_keys(answer, _ANSWER_KEYS, (), "'answer'", source)
+    _check_keys(answer, _ANSWER_KEYS, _ANSWER_KEYS_OPTIONAL, "'answer'", source)
     if answer["stop"] not in STOP_KINDS:
         raise PromptError(f"Template file {source}: answer stop '{answer['stop']}' is unknown",
                           f"use one of {', '.join(STOP_KINDS)}")
@@ -344,8 +352,14 @@ def parse_template_file(path: str | Path) -> TaskSpec:
             f"Template file {source}: answer reserve_tokens must be a whole number >= 0",
             "set it to the largest expected answer length in tokens",
         )
+    no_repeat = answer.get("no_repeat_ngram_size", 0)
+    if isinstance(no_repeat, bool) or not isinstance(no_repeat, int) or no_repeat < 0:
+        raise PromptError(
+            f"Template file {source}: answer no_repeat_ngram_size must be a whole number >= 0",
+            "use 0 for no guard, or 3-4 for free text",
+        )
     stop = StopRule(kind=answer["stop"], description=str(answer["format"]),
-                    reserve_tokens=reserve)
+                    reserve_tokens=reserve, no_repeat_ngram_size=no_repeat)
 
     canonical = _variant(data["canonical"], "'canonical'", source, None)
     paraphrases = data.get("paraphrases") or []

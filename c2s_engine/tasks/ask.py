@@ -249,6 +249,7 @@ def answer_question(
     (answer,), stats = cached_generate(
         loaded, [context.packed.text], task=TASK, max_new_tokens=max_new_tokens,
         stop=template.stop.stop_strings, do_sample=do_sample, temperature=temperature,
+        no_repeat_ngram_size=template.stop.no_repeat_ngram_size,
         top_p=top_p, seed=seed if do_sample else None, batch_size=batch_size,
         progress=progress, cancel=cancel, cache=cache)
     prov = provenance(loaded, task=TASK, template=f"{TASK}:{template.variant}", top_k=top_k,
@@ -256,7 +257,8 @@ def answer_question(
                       params={"scope": scope_label, "scope_kind": scope_kind, "groupby": groupby,
                               "n_cells": n_cells, "max_new_tokens": max_new_tokens,
                               "context_length": context_length, "do_sample": do_sample,
-                              "temperature": temperature, "top_p": top_p})
+                              "temperature": temperature, "top_p": top_p,
+                              "no_repeat_ngram_size": template.stop.no_repeat_ngram_size})
     record(adata, PROVENANCE_KEY, prov)
     history = adata.uns["c2s"].setdefault(HISTORY_KEY, {})
     history[str(len(history))] = {

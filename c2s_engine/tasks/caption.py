@@ -194,6 +194,7 @@ def caption_clusters(
     answers, stats = cached_generate(
         loaded, [c.packed.text for c in contexts], task=TASK, max_new_tokens=max_new_tokens,
         stop=template.stop.stop_strings, do_sample=do_sample, temperature=temperature,
+        no_repeat_ngram_size=template.stop.no_repeat_ngram_size,
         top_p=top_p, seed=seed if do_sample else None, batch_size=batch_size,
         progress=progress, cancel=cancel, cache=cache)
 
@@ -214,7 +215,8 @@ def caption_clusters(
                       params={"groupby": groupby, "n_cells": n_cells,
                               "max_new_tokens": max_new_tokens, "context_length": context_length,
                               "do_sample": do_sample, "temperature": temperature,
-                              "top_p": top_p})
+                              "top_p": top_p,
+                              "no_repeat_ngram_size": template.stop.no_repeat_ngram_size})
     record(adata, PROVENANCE_KEY, prov)
     return CaptionResult(groupby=groupby, clusters=captions, provenance=prov)
 

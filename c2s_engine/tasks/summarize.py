@@ -146,6 +146,7 @@ def summarize_dataset(
     (text,), stats = cached_generate(
         loaded, [context.packed.text], task=TASK, max_new_tokens=max_new_tokens,
         stop=template.stop.stop_strings, do_sample=do_sample, temperature=temperature,
+        no_repeat_ngram_size=template.stop.no_repeat_ngram_size,
         top_p=top_p, seed=seed if do_sample else None, batch_size=batch_size,
         progress=progress, cancel=cancel, cache=cache)
     prov = provenance(loaded, task=TASK, template=f"{TASK}:{template.variant}", top_k=top_k,
@@ -153,7 +154,8 @@ def summarize_dataset(
                       params={"groupby": groupby, "n_cells": n_cells,
                               "max_new_tokens": max_new_tokens, "context_length": context_length,
                               "do_sample": do_sample, "temperature": temperature,
-                              "top_p": top_p})
+                              "top_p": top_p,
+                              "no_repeat_ngram_size": template.stop.no_repeat_ngram_size})
     packed = context.packed
     summary = Summary(text=text, cells_used=context.cells, sentences=context.sentences,
                       n_cells_used=packed.n_cells_used, n_genes_per_cell=packed.n_genes_per_cell,

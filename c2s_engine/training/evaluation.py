@@ -127,10 +127,10 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
       with the training means and deviations.
     * ``knn_pca``: the same scaled expression, PCA (``n_pcs``) fitted on the training cells,
       and a ``n_neighbors``-nearest-neighbour majority vote in that space.
-    * ``logistic_regression_on_sentences`` (with ``sentence_top_k``): the same logistic
-      regression on what a C2S model sees, each cell's top-K sentence: gene ``g`` at rank ``r``
-      (0 = highest) is the feature ``1 / log2(r + 2)``, genes outside the sentence are 0. It
-      measures how much of the label the sentences carry.
+    * ``logistic_regression_on_sentences`` (with ``sentence_top_k``): the same scaling and
+      logistic regression on what a C2S model sees, each cell's top-K sentence: gene ``g`` at
+      rank ``r`` (0 = highest) is the feature ``1 / log2(r + 2)``, genes outside the sentence
+      are 0. It measures how much of the label the sentences carry.
 
     Returns
     -------
@@ -156,9 +156,13 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
                        "evaluate on held-out cells (a model trained with a split)")
     values = log_normalized(adata)
     labels = adata.obs[label_key].astype(str).to_numpy()
-    scaler = StandardScaler().fit(values[train])
-    x_train = np.minimum(scaler.transform(values[train]), 10.0)
-    x_test = np.minimum(scaler.transform(values[test]), 10.0)
+
+    def scaled(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scaler = StandardScaler().fit(features[train])
+        return (np.minimum(scaler.transform(features[train]), 10.0),
+                np.minimum(scaler.transform(features[test]), 10.0))
+
+    x_train, x_test = scaled(values)
 
     def scores(predicted: np.ndarray, method: str) -> dict[str, Any]:
         truth = labels[test]
@@ -185,12 +189,12 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
             f"{knn.n_neighbors}-nearest-neighbour vote"),
     }
     if sentence_top_k:
-        features = sentence_features(values, sentence_top_k, seed=seed)
-        on_sentences = logistic_regression().fit(features[train], labels[train])
+        s_train, s_test = scaled(sentence_features(values, sentence_top_k, seed=seed))
+        on_sentences = logistic_regression().fit(s_train, labels[train])
         result["logistic_regression_on_sentences"] = scores(
-            on_sentences.predict(features[test]),
-            f"one-vs-rest LogisticRegression(C=1) on the top-{sentence_top_k} cell sentence: "
-            "1/log2(rank + 2) for each gene in it, 0 for the others")
+            on_sentences.predict(s_test),
+            f"CellTypist's logistic regression on the top-{sentence_top_k} cell sentence: "
+            "1/log2(rank + 2) for each gene in it, 0 for the others, scaled on training cells")
     return result
 
 
