@@ -315,6 +315,44 @@ def test_perturbation_pairs_match_cell_type_and_hold_out_a_condition(kang):
             assert row["reference_sentence"] == sentences[perturbed]
 
 
+def test_nearest_pairing_takes_one_of_the_closest_controls_of_the_cell_type(kang):
+    from sklearn.decomposition import PCA
+
+    split = {"by": "condition", "held_out": {"cell_type": "CD14+Mono", "condition": "stimulated"}}
+    common = dict(top_k=TOP_K, label_key="cell_type", condition_key="condition",
+                  control_value="control", tasks=["perturbation_response"], split=split,
+                  examples_per_cell=2)
+    near, _ = build_dataset({"kang": kang}, DatasetConfig(perturbation_pairing="nearest", **common))
+    randomly, _ = build_dataset({"kang": kang}, DatasetConfig(**common))
+    # Every control is a training cell, so the space is the PCA of all controls.
+    values = cell_matrix(kang)
+    controls = (kang.obs["condition"] == "control").to_numpy()
+    space = PCA(n_components=30, random_state=0).fit(values[controls]).transform(values)
+    where = {name: i for i, name in enumerate(kang.obs_names)}
+    kind = kang.obs["cell_type"].astype(str).to_numpy()
+
+    def distance(pair: list[str]) -> float:
+        return float(np.linalg.norm(space[where[pair[0]]] - space[where[pair[1]]]))
+
+    for split_name in ("train", "test"):
+        for pair in near[split_name]["cell_ids"]:
+            control, perturbed = where[pair[0]], where[pair[1]]
+            pool = np.flatnonzero(controls & (kind == kind[perturbed]))
+            ranked = pool[np.argsort(np.linalg.norm(space[pool] - space[perturbed], axis=1))]
+            assert control in ranked[:5]
+    # Held-out stimulated monocytes get controls far closer to them than a random monocyte.
+    near_test = np.mean([distance(p) for p in near["test"]["cell_ids"]])
+    random_test = np.mean([distance(p) for p in randomly["test"]["cell_ids"]])
+    assert near_test < 0.8 * random_test
+    # Two rounds per cell still draw more than one control for most cells.
+    firsts = {}
+    for control, perturbed in near["train"]["cell_ids"]:
+        firsts.setdefault(perturbed, set()).add(control)
+    assert np.mean([len(c) > 1 for c in firsts.values()]) > 0.5
+    with pytest.raises(TaskOptionError, match="perturbation_pairing must be one of"):
+        DatasetConfig(perturbation_pairing="optimal", **common)
+
+
 def test_a_cell_split_pairs_controls_within_the_same_split(kang):
     config = DatasetConfig(top_k=TOP_K, label_key="cell_type", condition_key="condition",
                            control_value="control", tasks=["perturbation_response"])

@@ -21,7 +21,8 @@ How examples are made:
   cells than the smallest example are not used. Spatial sets are a cell and its neighbours
   (at most ``cells_per_example[1]`` cells).
 * Perturbation pairs: each perturbed cell is paired with a random control cell of the same
-  cell type (``label_key``) and donor (``donor_key``) when those columns are set. A test
+  cell type (``label_key``) and donor (``donor_key``) when those columns are set, or with
+  ``perturbation_pairing: nearest`` one of the few such controls nearest to it. A test
   example takes its control from the train split when its group has no control cell in the
   test split (a held-out perturbed cell type); this is counted in :attr:`SplitInfo.notes`.
 * Captions, summaries, QA answers and marker gene sets are derived from the data
@@ -83,6 +84,9 @@ TABLE1_TASKS = (
 )
 GENE_SET_TASKS = ("gene_set_naming", "gene_set_enumeration")
 SOURCES = ("data", "derived")
+PAIRINGS = ("random", "nearest")
+PAIRING_NEIGHBORS = 5  # 'nearest' draws among this many controls, so pairs still vary
+PAIRING_COMPONENTS = 30
 
 _TEXT_COLUMNS = ("prompt", "completion", "task", "source", "dataset", "label",
                  "reference_sentence", "control_sentence", "perturbation", "question",
@@ -136,6 +140,12 @@ class DatasetConfig:
         Value of ``condition_key`` marking control cells.
     perturbation_names
         Words for each perturbed condition value in prompts (default: the value itself).
+    perturbation_pairing
+        Which control cell (always of the same cell type and donor) a perturbed cell is paired
+        with: ``'random'`` (any) or ``'nearest'`` (one of its ``PAIRING_NEIGHBORS`` nearest in
+        the principal components of the train split's control cells). Nearest pairs share the
+        cell's state, so an example teaches the change rather than a fresh draw of the cell
+        type, which is what a model must apply to the controls of a held-out cell type.
     tissue, abstract
         Tissue and study abstract, one text for every dataset or ``{dataset name: text}``.
     spatial_key, spatial_radius, spatial_n_neighbors
@@ -170,6 +180,7 @@ class DatasetConfig:
     condition_key: str = ""
     control_value: str = ""
     perturbation_names: dict[str, str] = field(default_factory=dict)
+    perturbation_pairing: str = "random"
     tissue_key: str = ""
     tissue: str | dict[str, str] = ""
     abstract: str | dict[str, str] = ""
@@ -205,6 +216,10 @@ class DatasetConfig:
         self.perturbation_names = {str(k): str(v) for k, v in self.perturbation_names.items()}
         self.inputs = [str(p) for p in self.inputs]
         self.control_value = str(self.control_value)
+        if self.perturbation_pairing not in PAIRINGS:
+            raise TaskOptionError(
+                f"perturbation_pairing must be one of {', '.join(PAIRINGS)}, got "
+                f"{self.perturbation_pairing!r}", "use random or nearest")
         if self.condition_key and not self.control_value:
             raise TaskOptionError(f"condition_key {self.condition_key!r} is set but not the value "
                                   "of the control cells", "set control_value, e.g. control")
@@ -289,6 +304,7 @@ class _Builder:
         self.expressed = np.flatnonzero(part.sentences != "")
         self.n_multi = max(1, round(config.examples_per_task * part.adata.n_obs / part.n_dataset))
         self._graph = None
+        self._control_space: dict[str, np.ndarray] | None = None
 
     # ---- shared helpers
 
@@ -466,7 +482,10 @@ class _Builder:
             if source is None:
                 unmatched.add(cell)
                 continue
-            control = int(self.rng.choice((own if source is part else borrowed)[group]))
+            pool = (own if source is part else borrowed)[group]
+            if config.perturbation_pairing == "nearest":
+                pool = self.nearest_controls(cell, source, pool)
+            control = int(self.rng.choice(pool))
             n_borrowed += source is not part
             control_sentence = source.sentence(control, round_)
             name = config.perturbation_names.get(conditions[cell], conditions[cell])
@@ -490,6 +509,17 @@ class _Builder:
                 f"perturbation_response ({part.dataset}, {part.split}): {len(unmatched)} "
                 f"perturbed cells have no control cell of the same {by} and make no example")
         return rows
+
+    def nearest_controls(self, cell: int, source: _Part, pool: np.ndarray) -> np.ndarray:
+        """The ``PAIRING_NEIGHBORS`` cells of ``pool`` (controls of ``source``) nearest to
+        ``cell`` in the principal components of the train split's controls."""
+        if self._control_space is None:
+            self._control_space = _control_space(self.part, self.config)
+        here = self._control_space[self.part.split][cell]
+        there = self._control_space[source.split][pool]
+        distance = ((there - here) ** 2).sum(axis=1)
+        k = min(PAIRING_NEIGHBORS, pool.size)
+        return pool[np.argpartition(distance, k - 1)[:k]]
 
     # ---- multi-cell tasks
 
@@ -759,6 +789,21 @@ def _organism(adata: AnnData, config: DatasetConfig, name: str) -> str:
         raise TaskOptionError(f"the organism of {name} could not be detected from its genes",
                               "set organism (e.g. 'Homo sapiens' or 'Mus musculus')")
     return str(found)
+
+
+def _control_space(part: _Part, config: DatasetConfig) -> dict[str, np.ndarray]:
+    """``{split: cells x components}`` for ``part`` and its train part: PCA of the C2S-convention
+    expression fitted on the train split's control cells, so the components describe cell
+    state and not the perturbation."""
+    from sklearn.decomposition import PCA
+
+    from c2s_engine.metrics import cell_matrix
+
+    train = part.train or part
+    fit = cell_matrix(train.adata)[train.column(config.condition_key) == config.control_value]
+    n = max(1, min(PAIRING_COMPONENTS, fit.shape[0] - 1, fit.shape[1] - 1))
+    pca = PCA(n_components=n, random_state=config.seed).fit(fit)
+    return {p.split: pca.transform(cell_matrix(p.adata)) for p in (train, part)}
 
 
 def _parts(name: str, adata: AnnData, test: np.ndarray, organism: str,
