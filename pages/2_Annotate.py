@@ -90,6 +90,12 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
             top_k = st.number_input("Genes per cell sentence", 1, 2000,
                                     int(loaded.card.top_k), key="c2s_ann_top_k")
             batch_size = st.number_input("Batch size", 1, 256, DEFAULT_BATCH_SIZE, key="c2s_ann_batch")
+            tie_orders = st.number_input(
+                "Tie orders to average", 1, 16, 1, key="c2s_ann_tie_orders",
+                disabled=source == FREE_TEXT,
+                help="Genes with equal counts in a cell are ranked in an arbitrary order. Score "
+                     "each cell in this many orders and average: steadier labels, that many "
+                     "times the time. Needs candidate labels.")
     if not st.button("Annotate cells", type="primary", disabled=running, key="c2s_ann_run",
                      icon=":material/play_arrow:"):
         return
@@ -107,7 +113,8 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
     options = {"labels": labels, "labels_from": labels_from,
                "truth": None if truth == NONE else truth,
                "groupby": None if groupby == NONE else groupby,
-               "top_k": int(top_k), "batch_size": int(batch_size)}
+               "top_k": int(top_k), "batch_size": int(batch_size),
+               "tie_orders": 1 if source == FREE_TEXT else int(tie_orders)}
 
     workspace = state.session_workspace(st.session_state)
 

@@ -62,9 +62,10 @@ def test_annotate_with_a_labels_file(input_h5ad, model_dir, tmp_path):
     labels.write_text("# candidates\nT cell\n\n  B   cell \nmonocyte\n", encoding="utf-8")
     out = tmp_path / "annotated.h5ad"
     assert run(["annotate", str(input_h5ad), "--labels", str(labels), "--model", str(model_dir),
-                "--out", str(out), "--quiet"]) == 0
+                "--tie-orders", "2", "--out", str(out), "--quiet"]) == 0
     result = anndata.read_h5ad(out)
     assert list(result.uns["c2s"]["annotate"]["candidates"]) == ["T cell", "B cell", "monocyte"]
+    assert result.uns["c2s"]["annotate"]["params"]["tie_orders"] == 2
     assert set(result.obs["c2s_cell_type"].astype(str)) <= {"T cell", "B cell", "monocyte"}
     assert "metrics" not in result.uns["c2s"]["annotate"]  # no truth column given
 

@@ -12,6 +12,7 @@ from c2s_engine.errors import LabelsError, ObsColumnError, TaskOptionError
 from c2s_engine.inference import generate, score_labels
 from c2s_engine.models import load_model
 from c2s_engine.prompts import get_template
+from c2s_engine.sentences import get_sentences
 from c2s_engine.tasks.annotate import annotate, obs_keys
 from c2s_engine.tasks.label_metrics import (
     classification_metrics,
@@ -53,11 +54,11 @@ def data(prepared):
     return prepared.copy()
 
 
-def prompts_by_hand(adata) -> list[str]:
+def prompts_by_hand(adata, seed: int = 0) -> list[str]:
     from c2s_engine.sentences import compute_sentences, get_sentences
 
     fresh = adata.copy()
-    compute_sentences(fresh, top_k=TOP_K)
+    compute_sentences(fresh, top_k=TOP_K, seed=seed)
     template = get_template("cell_type_prediction")
     return [template.format_prompt(num_genes=len(s.split()), organism="Homo sapiens",
                                    cell_sentence=s) for s in get_sentences(fresh)]
@@ -92,6 +93,33 @@ def test_scoring_path_writes_label_confidence_and_probabilities(data, annotator)
     assert set(prov["calls"]) == {"score"} and prov["calls"]["score"]["n_items"] == N_CELLS
     assert prov["keys"] == {"prediction": "c2s_cell_type", "confidence": "c2s_confidence",
                             "probabilities": "c2s_label_probs"}
+
+
+def test_tie_orders_average_the_probabilities_of_sentences_ranked_with_other_seeds(
+        data, annotator):
+    present = [c for c in data.obs["bulk_labels"].cat.categories
+               if (data.obs["bulk_labels"] == c).any()]
+    stored = prompts_by_hand(data)
+    result = annotate(data, annotator, labels_from="bulk_labels", tie_orders=3, batch_size=8)
+    by_seed = [prompts_by_hand(data, seed) for seed in range(3)]
+    assert by_seed[0] == stored and by_seed[1] != stored  # ties do reorder these cells
+    expected = np.mean([score_labels(annotator, None, p, present).confidence for p in by_seed],
+                       axis=0)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
+    assert list(data.obs["c2s_cell_type"]) == [present[i] for i in expected.argmax(axis=1)]
+    prov = data.uns["c2s"]["annotate"]
+    assert prov["params"]["tie_orders"] == 3
+    assert set(prov["calls"]) == {"score", "score_tie_order_1", "score_tie_order_2"}
+    # The stored ranking (what other tasks read) is still the seed-0 one.
+    assert data.uns["c2s"]["sentences"]["seed"] == 0
+    template = get_template("cell_type_prediction")
+    assert [template.format_prompt(num_genes=len(s.split()), organism="Homo sapiens",
+                                   cell_sentence=s)
+            for s in get_sentences(data, n_genes=TOP_K)] == stored
+    with pytest.raises(TaskOptionError, match="needs scored candidate labels"):
+        annotate(data, annotator, mode="generate", tie_orders=2)
+    with pytest.raises(TaskOptionError, match="tie_orders must be at least 1"):
+        annotate(data, annotator, labels_from="bulk_labels", tie_orders=0)
 
 
 def test_free_text_path_is_the_greedy_answer_cut_at_the_period(data, annotator):

@@ -106,6 +106,8 @@ def test_annotation_with_labels_shows_metrics_map_clusters_and_downloads(
     assert at.selectbox(key="c2s_ann_truth").value == "bulk_labels"
     assert at.selectbox(key="c2s_ann_groupby").value == "louvain"
     assert at.number_input(key="c2s_ann_top_k").value == 16  # the model card's top_k
+    assert at.number_input(key="c2s_ann_tie_orders").value == 1
+    at.number_input(key="c2s_ann_tie_orders").set_value(2)
     at.button(key="c2s_ann_run").click().run()
     assert not at.exception
     # The job saves its results itself: a tab closed during the run loses nothing.
@@ -144,6 +146,7 @@ def test_annotation_with_labels_shows_metrics_map_clusters_and_downloads(
     assert list(saved.obs["c2s_cell_type"].astype(str)) == list(predicted.astype(str))
     prov = saved.uns["c2s"]["annotate"]
     assert prov["model"] == "demo" and prov["params"]["truth"] == "bulk_labels"
+    assert prov["params"]["tie_orders"] == 2 and "score_tie_order_1" in prov["calls"]
     assert float(prov["metrics"]["accuracy"]) == pytest.approx(expected.accuracy)
 
 

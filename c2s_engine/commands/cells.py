@@ -68,6 +68,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     extra = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens is not None else {}
     result = annotate(adata, model, labels=labels, labels_from=args.labels_from,
                       truth=args.truth, top_k=args.top_k, groupby=args.groupby, mode=args.mode,
+                      tie_orders=args.tie_orders,
                       batch_size=args.batch_size, progress=progress_bar(args, "annotate"),
                       cache=cache_arg(args), allow_unsupported=args.allow_unsupported, **extra)
     adata.write_h5ad(out)
@@ -158,6 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="obs column of clusters: majority label and agreement per cluster")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="auto: score when candidates are given, else generate free text")
+    p.add_argument("--tie-orders", type=int, default=1, metavar="N",
+                   help="score each cell in N orders of its equally expressed genes and average "
+                        "the label probabilities (steadier labels, N times the scoring time)")
     add_model_options(p, generating=True, out_required=True, out_help="output .h5ad")
     p.set_defaults(func=cmd_annotate)
 

@@ -11,6 +11,11 @@ with fewer expressed genes than ``top_k`` says so) and the organism recorded by
 
 ``auto`` scores when candidates exist and generates otherwise; ``both`` does both (the scored
 label is the prediction and the free text is kept next to it).
+
+Genes with equal expression in a cell (counts of 1 and 2 are common) are ranked in an arbitrary
+order, and a label can hang on it. With ``tie_orders=N`` the candidates are scored on N
+sentences of each cell that differ only in that order (the stored one, then tie seeds +1, +2,
+...) and their probabilities averaged: a steadier label for N times the scoring time.
 """
 
 from __future__ import annotations
@@ -133,6 +138,21 @@ def _candidates(adata: AnnData, labels: Sequence[str] | None,
     return candidates, source
 
 
+def _prompts(template, organism: str, sentences: Sequence[str]) -> list[str]:
+    return [template.format_prompt(num_genes=len(s.split()), organism=organism, cell_sentence=s)
+            for s in sentences]
+
+
+def _tie_order_sentences(adata: AnnData, top_k: int, order: int) -> list[str]:
+    """The cells' sentences with the ties of the stored ranking broken by seed ``+ order``
+    (nothing is written to ``adata``)."""
+    from c2s_engine.sentences import iter_sentence_chunks
+
+    stored = adata.uns["c2s"]["sentences"]
+    seed = max(int(stored.get("seed", 0)), 0) + order
+    return [s for _, chunk in iter_sentence_chunks(adata, top_k, seed=seed) for s in chunk]
+
+
 def _resolve_mode(mode: str, candidates: list[str]) -> str:
     if mode not in MODES:
         raise TaskOptionError(f"unknown annotation mode {mode!r}",
@@ -157,6 +177,7 @@ def annotate(
     groupby: str | None = None,
     mode: str = "auto",
     max_new_tokens: int = 16,
+    tie_orders: int = 1,
     key_added: str = "c2s_cell_type",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
@@ -186,6 +207,9 @@ def annotate(
         ``'auto'``, ``'generate'``, ``'score'`` or ``'both'``.
     max_new_tokens
         Longest free-text answer.
+    tie_orders
+        Orders of equally expressed genes to score each cell in, probabilities averaged
+        (scoring only; see the module docstring).
     key_added
         obs key of the prediction; the other keys derive from it (:func:`obs_keys`).
     batch_size, progress, cancel, cache
@@ -234,14 +258,20 @@ def annotate(
     if max_new_tokens < 1:
         raise TaskOptionError(f"max_new_tokens must be at least 1, got {max_new_tokens}",
                               "pass e.g. max_new_tokens=16")
+    if tie_orders < 1:
+        raise TaskOptionError(f"tie_orders must be at least 1, got {tie_orders}",
+                              "pass 1 (the stored sentence only) or more")
+    if tie_orders > 1 and mode == "generate":
+        raise TaskOptionError("averaging over tie orders needs scored candidate labels, and "
+                              "this run only generates free text",
+                              "give candidate labels (or mode='score'), or set tie_orders=1")
 
     top_k = top_k or loaded.card.top_k
     sentences = cell_sentences(adata, top_k)
     require_cells(sentences, "annotate")
     organism = organism_word(adata)
     template = get_template(TASK)
-    prompts = [template.format_prompt(num_genes=len(s.split()), organism=organism,
-                                      cell_sentence=s) for s in sentences]
+    prompts = _prompts(template, organism, sentences)
     keys = obs_keys(key_added)
     for name in keys.values():  # no stale confidence may sit next to a new prediction
         if name in adata.obs:
@@ -262,12 +292,16 @@ def annotate(
 
     probabilities = confidence = None
     if mode in ("score", "both"):
-        loglik, stats = cached_scores(
-            loaded, prompts, candidates, task=TASK,
-            format_candidate=lambda label: template.format_response(cell_type=label),
-            batch_size=batch_size, progress=progress, cancel=cancel, cache=cache)
-        calls["score"] = stats.to_dict()
-        probabilities = softmax(loglik, axis=1)
+        probabilities = np.zeros((len(prompts), len(candidates)))
+        for order in range(tie_orders):
+            order_prompts = prompts if order == 0 else _prompts(
+                template, organism, _tie_order_sentences(adata, top_k, order))
+            loglik, stats = cached_scores(
+                loaded, order_prompts, candidates, task=TASK,
+                format_candidate=lambda label: template.format_response(cell_type=label),
+                batch_size=batch_size, progress=progress, cancel=cancel, cache=cache)
+            calls["score" if order == 0 else f"score_tie_order_{order}"] = stats.to_dict()
+            probabilities += softmax(loglik, axis=1) / tie_orders
         best = probabilities.argmax(axis=1)
         prediction = pd.Series(np.asarray(candidates, dtype=object)[best], index=index)
         confidence = pd.Series(probabilities[np.arange(len(best)), best], index=index)
@@ -282,7 +316,8 @@ def annotate(
         card_lists_task=supported,
         params={"mode": mode, "key_added": key_added, "organism": organism,
                 "max_new_tokens": max_new_tokens if generated is not None else None,
-                "labels_source": labels_source or None, "truth": truth, "groupby": groupby})
+                "labels_source": labels_source or None, "truth": truth, "groupby": groupby,
+                "tie_orders": tie_orders if probabilities is not None else None})
     prov["calls"] = calls
     prov["keys"] = {k: v for k, v in keys.items() if v in adata.obs or v in adata.obsm}
     if candidates and probabilities is not None:

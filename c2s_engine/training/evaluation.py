@@ -65,7 +65,7 @@ def held_out_mask(adata, data_path: str | Path, training, cells: str) -> tuple[n
 
 
 def evaluate_annotation(adata, scored: np.ndarray, model, label_key: str, batch_size: int,
-                        *, free_text: bool = False) -> dict[str, Any]:
+                        *, free_text: bool = False, tie_orders: int = 1) -> dict[str, Any]:
     """Accuracy and macro-F1 of scored annotation on the ``scored`` cells.
 
     The candidates are every label of the file, so a class absent from the scored cells can
@@ -77,6 +77,9 @@ def evaluate_annotation(adata, scored: np.ndarray, model, label_key: str, batch_
         Also generate a free-text answer per cell and report its accuracy (exact match after
         the label normalisation of :func:`~c2s_engine.tasks.annotate.annotate`) as
         ``free_text_accuracy``.
+    tie_orders
+        Orders of equally expressed genes each cell is scored in, probabilities averaged
+        (:func:`~c2s_engine.tasks.annotate.annotate`).
 
     Returns
     -------
@@ -90,8 +93,9 @@ def evaluate_annotation(adata, scored: np.ndarray, model, label_key: str, batch_
     candidates = sorted(set(labels))
     subset = adata[scored].copy()
     result = annotate(subset, model, labels=candidates, truth=label_key,
-                      mode="both" if free_text else "score", batch_size=batch_size)
-    metrics = {"label_key": label_key, "n_candidates": len(candidates),
+                      mode="both" if free_text else "score", batch_size=batch_size,
+                      tie_orders=tie_orders)
+    metrics = {"label_key": label_key, "n_candidates": len(candidates), "tie_orders": tie_orders,
                **result.metrics.to_dict()}
     if free_text:
         from c2s_engine.tasks.label_metrics import classification_metrics
