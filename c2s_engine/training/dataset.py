@@ -282,6 +282,7 @@ class _Part:
     n_dataset: int  # cells of the whole dataset
     train: _Part | None = None  # the train part of the same dataset (for test parts)
     _facts: DatasetFacts | None = None
+    _control_pca: Any = None  # train parts: the PCA of their controls ('nearest' pairing)
 
     def __post_init__(self) -> None:
         self.names = self.adata.obs_names.to_numpy().astype(str)
@@ -800,10 +801,15 @@ def _control_space(part: _Part, config: DatasetConfig) -> dict[str, np.ndarray]:
     from c2s_engine.metrics import cell_matrix
 
     train = part.train or part
-    fit = cell_matrix(train.adata)[train.column(config.condition_key) == config.control_value]
-    n = max(1, min(PAIRING_COMPONENTS, fit.shape[0] - 1, fit.shape[1] - 1))
-    pca = PCA(n_components=n, random_state=config.seed).fit(fit)
-    return {p.split: pca.transform(cell_matrix(p.adata)) for p in (train, part)}
+    train_values = cell_matrix(train.adata)
+    if train._control_pca is None:  # fitted once, shared by the train and test builders
+        fit = train_values[train.column(config.condition_key) == config.control_value]
+        n = max(1, min(PAIRING_COMPONENTS, fit.shape[0] - 1, fit.shape[1] - 1))
+        train._control_pca = PCA(n_components=n, random_state=config.seed).fit(fit)
+    space = {train.split: train._control_pca.transform(train_values)}
+    if part is not train:
+        space[part.split] = train._control_pca.transform(cell_matrix(part.adata))
+    return space
 
 
 def _parts(name: str, adata: AnnData, test: np.ndarray, organism: str,
