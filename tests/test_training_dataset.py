@@ -353,6 +353,41 @@ def test_nearest_pairing_takes_one_of_the_closest_controls_of_the_cell_type(kang
         DatasetConfig(perturbation_pairing="optimal", **common)
 
 
+def test_identity_pairs_give_every_control_another_control_of_its_type(kang):
+    split = {"by": "condition", "held_out": {"cell_type": "CD14+Mono", "condition": "stimulated"}}
+    common = dict(top_k=TOP_K, label_key="cell_type", condition_key="condition",
+                  control_value="control", tasks=["perturbation_response"], split=split,
+                  perturbation_names={"stimulated": "IFN-beta", "control": "none (control)"})
+    plain, _ = build_dataset({"kang": kang}, DatasetConfig(**common))
+    ds, info = build_dataset({"kang": kang}, DatasetConfig(control_pairs_per_cell=1, **common))
+    obs = kang.obs
+    controls = obs.index[obs["condition"] == "control"]
+    identity = [r for r in ds["train"] if r["perturbation"] == "none (control)"]
+    # One identity pair answered by each control cell, the held-out type's controls included ...
+    assert sorted(r["cell_ids"][1] for r in identity) == sorted(controls)
+    assert (obs.loc[[r["cell_ids"][1] for r in identity], "cell_type"] == "CD14+Mono").sum() == 238
+    sentences = dict(zip(kang.obs_names, get_sentences(kang, n_genes=TOP_K), strict=True))
+    for row in identity:
+        control, answer = row["cell_ids"]
+        # ... each read from another control cell of the same type, never the cell itself.
+        assert answer != control and obs.loc[answer, "condition"] == "control"
+        assert obs.loc[control, "cell_type"] == obs.loc[answer, "cell_type"] == row["label"]
+        assert "none (control)" in row["prompt"]
+        assert row["completion"] == f" {sentences[answer]}."
+    # The perturbed examples and the held-out test split are as without identity pairs.
+    perturbed = [r["cell_ids"][1] for r in ds["train"] if r["perturbation"] == "IFN-beta"]
+    assert sorted(perturbed) == sorted(c for _, c in plain["train"]["cell_ids"])
+    assert ds["test"]["cell_ids"] == plain["test"]["cell_ids"]
+    assert info.counts["train"]["perturbation_response"] == len(perturbed) + len(controls)
+    # A cap applies to the perturbed and the identity examples each on their own.
+    capped, _ = build_dataset({"kang": kang}, DatasetConfig(control_pairs_per_cell=1,
+                                                            max_examples_per_task=100, **common))
+    kinds = [r["perturbation"] for r in capped["train"]]
+    assert kinds.count("IFN-beta") == kinds.count("none (control)") == 100
+    with pytest.raises(TaskOptionError, match="control_pairs_per_cell must be 0"):
+        DatasetConfig(control_pairs_per_cell=-1, **common)
+
+
 def test_a_cell_split_pairs_controls_within_the_same_split(kang):
     config = DatasetConfig(top_k=TOP_K, label_key="cell_type", condition_key="condition",
                            control_value="control", tasks=["perturbation_response"])

@@ -25,6 +25,8 @@ How examples are made:
   ``perturbation_pairing: nearest`` one of the few such controls nearest to it. A test
   example takes its control from the train split when its group has no control cell in the
   test split (a held-out perturbed cell type); this is counted in :attr:`SplitInfo.notes`.
+  With ``control_pairs_per_cell``, control cells also make identity pairs (control in,
+  another control of the same group out, under the control condition's name).
 * Captions, summaries, QA answers and marker gene sets are derived from the data
   (:mod:`c2s_engine.training.targets`) and marked ``source='derived'``; abstracts and gene sets
   supplied by the user are ``source='data'``, as is everything read off labels.
@@ -146,6 +148,13 @@ class DatasetConfig:
         the principal components of the train split's control cells). Nearest pairs share the
         cell's state, so an example teaches the change rather than a fresh draw of the cell
         type, which is what a model must apply to the controls of a held-out cell type.
+    control_pairs_per_cell
+        Identity examples of ``perturbation_response``: each control cell is also paired,
+        this many times, with another control cell of its group under the control condition
+        itself (named ``perturbation_names[control_value]``, e.g. ``none``). They show the
+        model that a cell keeps its own identity, including the cell types whose perturbed
+        cells are held out, whose controls it otherwise only reads. 0: none.
+        ``max_examples_per_task`` caps these and the perturbed examples separately.
     tissue, abstract
         Tissue and study abstract, one text for every dataset or ``{dataset name: text}``.
     spatial_key, spatial_radius, spatial_n_neighbors
@@ -181,6 +190,7 @@ class DatasetConfig:
     control_value: str = ""
     perturbation_names: dict[str, str] = field(default_factory=dict)
     perturbation_pairing: str = "random"
+    control_pairs_per_cell: int = 0
     tissue_key: str = ""
     tissue: str | dict[str, str] = ""
     abstract: str | dict[str, str] = ""
@@ -208,6 +218,9 @@ class DatasetConfig:
             if int(getattr(self, name)) < 1:
                 raise TaskOptionError(f"{name} must be at least 1, got {getattr(self, name)}",
                                       f"set {name} to a positive whole number")
+        if self.control_pairs_per_cell < 0:
+            raise TaskOptionError("control_pairs_per_cell must be 0 (none) or more",
+                                  "set it to 0 or a positive number")
         if self.max_examples_per_task < 0:
             raise TaskOptionError("max_examples_per_task must be 0 (no cap) or more",
                                   "set it to 0 or a positive number")
@@ -319,7 +332,8 @@ class _Builder:
         if not rows:
             raise _Unavailable("no eligible cells")
         cap = self.config.max_examples_per_task
-        return rows[:cap] if cap else rows
+        # perturbation_response caps its perturbed and identity examples each on its own
+        return rows[:cap] if cap and task != "perturbation_response" else rows
 
     def row(self, filled: Mapping[str, Any], *, cells: Sequence[int] = (), source: str = "data",
             **refs: Any) -> dict[str, Any]:
@@ -344,11 +358,12 @@ class _Builder:
         values = self.part.column(key)
         return self.expressed[pd.notna(values[self.expressed])], values
 
-    def per_cell(self, cells: np.ndarray) -> list[tuple[int, int]]:
-        """``(cell, round)`` for each cell ``examples_per_cell`` times, each round in its own
-        shuffled order (the round picks the cell's tie order, :meth:`_Part.sentence`)."""
-        order = [(int(cell), r) for r in range(self.config.examples_per_cell)
-                 for cell in self.rng.permutation(cells)]
+    def per_cell(self, cells: np.ndarray, times: int | None = None) -> list[tuple[int, int]]:
+        """``(cell, round)`` for each cell ``times`` (default ``examples_per_cell``) times,
+        each round in its own shuffled order (the round picks the cell's tie order,
+        :meth:`_Part.sentence`)."""
+        times = self.config.examples_per_cell if times is None else times
+        order = [(int(cell), r) for r in range(times) for cell in self.rng.permutation(cells)]
         cap = self.config.max_examples_per_task
         return order[:cap] if cap else order
 
@@ -470,12 +485,30 @@ class _Builder:
             return {k: np.array(v) for k, v in out.items()}
 
         conditions = part.column(key)
-        perturbed = self.expressed[pd.notna(conditions[self.expressed])
-                                   & (conditions[self.expressed] != config.control_value)]
+        known = pd.notna(conditions[self.expressed])
+        perturbed = self.expressed[known & (conditions[self.expressed] != config.control_value)]
+        controls = self.expressed[known & (conditions[self.expressed] == config.control_value)]
         own = pools(part)
         borrowed = pools(part.train) if part.train is not None else {}
         values = [part.column(k) for k in match]
         labels = part.column(config.label_key) if config.label_key else None
+
+        def pair(cell: int, round_: int, source: _Part, pool: np.ndarray) -> dict[str, Any]:
+            if config.perturbation_pairing == "nearest":
+                pool = self.nearest_controls(cell, source, pool)
+            control = int(self.rng.choice(pool))
+            control_sentence = source.sentence(control, round_)
+            name = config.perturbation_names.get(conditions[cell], conditions[cell])
+            filled = {"num_genes": len(control_sentence.split()), "perturbation_name": name,
+                      "control_cell_sentence": control_sentence,
+                      "perturbed_cell_sentence": part.sentence(cell, round_)}
+            row = self.row(filled, cells=[cell],
+                           label=(labels[cell] or "") if labels is not None else "",
+                           reference_sentence=filled["perturbed_cell_sentence"],
+                           control_sentence=control_sentence, perturbation=name)
+            row["cell_ids"] = [str(source.names[control]), row["cell_ids"][0]]
+            return row
+
         rows, n_borrowed, unmatched = [], 0, set()
         for cell, round_ in self.per_cell(perturbed):
             group = tuple(v[cell] for v in values)
@@ -483,22 +516,15 @@ class _Builder:
             if source is None:
                 unmatched.add(cell)
                 continue
-            pool = (own if source is part else borrowed)[group]
-            if config.perturbation_pairing == "nearest":
-                pool = self.nearest_controls(cell, source, pool)
-            control = int(self.rng.choice(pool))
             n_borrowed += source is not part
-            control_sentence = source.sentence(control, round_)
-            name = config.perturbation_names.get(conditions[cell], conditions[cell])
-            filled = {"num_genes": len(control_sentence.split()), "perturbation_name": name,
-                       "control_cell_sentence": control_sentence,
-                       "perturbed_cell_sentence": part.sentence(cell, round_)}
-            row = self.row(filled, cells=[cell],
-                           label=(labels[cell] or "") if labels is not None else "",
-                           reference_sentence=filled["perturbed_cell_sentence"],
-                           control_sentence=control_sentence, perturbation=name)
-            row["cell_ids"] = [str(source.names[control]), row["cell_ids"][0]]
-            rows.append(row)
+            rows.append(pair(cell, round_, source, (own if source is part else borrowed)[group]))
+        # Identity pairs: a control cell and another control of its group (never itself, so
+        # the answer is a fresh cell of the same kind rather than a copy).
+        for cell, round_ in self.per_cell(controls, config.control_pairs_per_cell):
+            pool = own[tuple(v[cell] for v in values)]
+            pool = pool[pool != cell]
+            if pool.size:
+                rows.append(pair(cell, round_, part, pool))
         by = " and ".join(match) or "nothing"
         if n_borrowed:
             self.notes.append(
