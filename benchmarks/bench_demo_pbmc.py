@@ -81,12 +81,11 @@ def evaluate(model_dir: Path, data: Path, *, batch_size: int, seed: int,
                                      sentence_top_k=model.card.top_k)
     timings["baselines_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
+    generated = None
     if generation:
-        generation = evaluate_generation(adata, scored, model, LABEL_KEY, n=None, seed=seed,
-                                         batch_size=batch_size)
+        generated = evaluate_generation(adata, scored, model, LABEL_KEY, n=None, seed=seed,
+                                        batch_size=batch_size)
         timings["generation_s"] = round(time.perf_counter() - start, 1)
-    else:
-        generation = None
 
     beats = {name: bool(annotation["accuracy"] >= baselines[name]["accuracy"])
              for name in ("logistic_regression", "knn_pca")}
@@ -96,7 +95,7 @@ def evaluate(model_dir: Path, data: Path, *, batch_size: int, seed: int,
         "annotate": annotation, "annotate_tie_averaged": averaged,
         "annotate_training_cells": fitted, "baselines": baselines,
         "goal_accuracy_at_or_above_baselines": beats,
-        "generate": generation, "timings": timings,
+        "generate": generated, "timings": timings,
     }
 
 
