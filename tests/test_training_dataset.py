@@ -148,6 +148,48 @@ def test_sentence_draws_cycle_through_tie_orders_of_the_same_ranking(pbmc68k):
         DatasetConfig(sentence_draws=0)
 
 
+def test_count_thinning_draws_read_like_the_same_cell_sequenced_less_deeply():
+    adata = anndata.read_h5ad(
+        shared_file("pbmc68k_with_counts/pbmc68k_reduced_with_counts.h5ad"))[:200].copy()
+    counts = np.asarray(adata.layers["counts"].todense())
+    config = DatasetConfig(top_k=1000, label_key="bulk_labels", examples_per_cell=2,
+                           sentence_draws=2, count_thinning=0.5,
+                           tasks=["cell_type_prediction"], seed=3)
+    ds, _ = build_dataset({"pbmc": adata}, config)
+    column = {g: i for i, g in enumerate(adata.var_names)}
+    measured = {}  # cell -> its genes expressed as measured
+    for row, cell in enumerate(adata.obs_names):
+        measured[cell] = set(adata.var_names[counts[row] > 0])
+    singles_kept, singles, shorter = 0, 0, 0
+    seen: dict[str, list[list[str]]] = {}
+    for row in _rows(ds["train"], "cell_type_prediction"):
+        sentence = row["prompt"].split("Cell sentence: ")[1].split(".\n")[0].split()
+        seen.setdefault(row["cell_ids"][0], []).append(sentence)
+    assert len(seen) > 100
+    for cell, (first, thinned) in seen.items():
+        # Round 0 is the cell as measured: every expressed gene (top_k covers them all).
+        assert set(first) == measured[cell]
+        # Round 1 only loses genes, never gains one.
+        assert set(thinned) <= measured[cell]
+        shorter += len(thinned) < len(first)
+        row = adata.obs_names.get_loc(cell)
+        ones = {g for g in measured[cell] if counts[row, column[g]] == 1}
+        singles += len(ones)
+        singles_kept += len(ones & set(thinned))
+    assert shorter > 0.95 * len(seen)
+    # A count of 1 survives with probability f, f uniform on [0.5, 1]: 0.75 on average.
+    assert 0.70 < singles_kept / singles < 0.80
+    with pytest.raises(TaskOptionError, match="count_thinning must be above 0"):
+        DatasetConfig(count_thinning=0)
+
+
+def test_count_thinning_needs_raw_counts(pbmc68k_copy):
+    config = DatasetConfig(top_k=TOP_K, label_key="bulk_labels", sentence_draws=2,
+                           count_thinning=0.5, tasks=["cell_type_prediction"])
+    with pytest.raises(TaskOptionError, match="count_thinning needs raw counts"):
+        build_dataset({"pbmc": pbmc68k_copy}, config)
+
+
 def test_multi_cell_examples_draw_cells_of_one_split_and_one_sample(pbmc_built, pbmc_data):
     ds, info = pbmc_built
     test_cells = set(info.test_cells["pbmc"])

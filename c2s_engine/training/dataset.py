@@ -14,7 +14,8 @@ How examples are made:
   ``examples_per_cell`` examples per eligible cell. With ``sentence_draws`` above 1, the
   rounds of a cell cycle through that many sentences of it that differ only in the order of
   equally expressed genes (each tie order is as true as any other), so a model learns that
-  such orders carry no meaning. The other tasks make about
+  such orders carry no meaning; with ``count_thinning`` those other draws are also the cell's
+  counts thinned at random, as if it had been sequenced less deeply. The other tasks make about
   ``examples_per_task`` examples per dataset, shared between the splits in proportion to their
   cells, each from ``cells_per_example`` cells (5-20 in the paper) of one sample (donor when
   ``donor_key`` is set, else the dataset), cluster or tissue; samples and clusters with fewer
@@ -128,6 +129,12 @@ class DatasetConfig:
         Tie orders per cell: round ``r`` of a cell's single-cell examples uses its sentence
         ranked with seed ``seed + r % sentence_draws`` (ties are broken at random). 1: every
         example of a cell has the same sentence. Multi-cell tasks use the first draw.
+    count_thinning
+        Lowest fraction of a cell's counts kept in its other draws (1: none). Draw ``r >= 1``
+        keeps each count with probability ``f``, ``f`` drawn per cell between this and 1, so
+        those sentences look like the same cell sequenced less deeply: the low-count genes
+        come and go and neighbouring ranks swap, as they do between two real cells of a type.
+        Draw 0 stays the cell as measured. Needs raw counts.
     max_examples_per_task
         Cap per dataset, split and task (0: none).
     examples_per_task
@@ -180,6 +187,7 @@ class DatasetConfig:
     top_k: int = 200
     examples_per_cell: int = 1
     sentence_draws: int = 1
+    count_thinning: float = 1.0
     max_examples_per_task: int = 0
     examples_per_task: int = 100
     cells_per_example: tuple[int, int] = (5, 20)
@@ -218,6 +226,10 @@ class DatasetConfig:
             if int(getattr(self, name)) < 1:
                 raise TaskOptionError(f"{name} must be at least 1, got {getattr(self, name)}",
                                       f"set {name} to a positive whole number")
+        if not 0.0 < self.count_thinning <= 1.0:
+            raise TaskOptionError(f"count_thinning must be above 0 and at most 1, got "
+                                  f"{self.count_thinning}",
+                                  "set it to e.g. 0.5 (keep 50-100% of counts) or 1 (none)")
         if self.control_pairs_per_cell < 0:
             raise TaskOptionError("control_pairs_per_cell must be 0 (none) or more",
                                   "set it to 0 or a positive number")
@@ -788,10 +800,39 @@ def _load(item: AnnDataLike, config: DatasetConfig) -> tuple[AnnData, list[np.nd
         prepare(adata, organism=config.organism or None)
     redrawn = []
     for draw in range(1, config.sentence_draws):
-        compute_sentences(adata, top_k=config.top_k, seed=config.seed + draw)
-        redrawn.append(np.array(get_sentences(adata), dtype=object))
+        source = adata
+        if config.count_thinning < 1.0:
+            source = _thinned(adata, config.count_thinning, config.seed + draw)
+        compute_sentences(source, top_k=config.top_k, seed=config.seed + draw)
+        redrawn.append(np.array(get_sentences(source), dtype=object))
     compute_sentences(adata, top_k=config.top_k, seed=config.seed)  # what the data keep
     return adata, redrawn
+
+
+def _thinned(adata: AnnData, lowest: float, seed: int) -> AnnData:
+    """The cells' raw counts binomially thinned (see ``DatasetConfig.count_thinning``), as a
+    bare AnnData ready for sentences (same cells and genes)."""
+    import scipy.sparse as sp
+
+    from c2s_engine.normalization import normalize, source_matrix
+
+    record = adata.uns["c2s"]["normalization"]
+    if record["detected"] != "counts":
+        raise TaskOptionError(
+            f"count_thinning needs raw counts, but the expression of this dataset was detected "
+            f"as {record['detected']!r} (from {record['source']})",
+            "give the data with a raw-count layer (e.g. layers['counts']) or set count_thinning "
+            "to 1")
+    counts = sp.csr_matrix(source_matrix(adata, record["source"]), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    kept = rng.uniform(lowest, 1.0, size=adata.n_obs)
+    counts.data = rng.binomial(np.rint(counts.data).astype(np.int64),
+                               np.repeat(kept, np.diff(counts.indptr))).astype(np.float32)
+    counts.eliminate_zeros()
+    thinned = AnnData(counts, obs=pd.DataFrame(index=adata.obs_names),
+                      var=pd.DataFrame(index=adata.var_names))
+    normalize(thinned, layer="X")
+    return thinned
 
 
 def _obs_strings(adata: AnnData, column: str, role: str = "keep") -> pd.Series:
