@@ -84,6 +84,18 @@ def test_evaluate_annotation_on_the_held_out_cells(trained, pbmc_file, tmp_path)
     assert metrics["n_candidates"] == anndata.read_h5ad(pbmc_file).obs["bulk_labels"].nunique()
     # The model's own record now carries the held-out metrics.
     assert training.metrics["held_out"]["annotate"]["accuracy"] == metrics["accuracy"]
+    # Per-cell predictions back the accuracy, and the paired tests count the same cells.
+    truth = anndata.read_h5ad(pbmc_file).obs["bulk_labels"].astype(str)
+    assert sorted(metrics["predicted"]) == sorted(training.split["test_cells"]["pbmc_small"])
+    right = {c: metrics["predicted"][c].casefold() == truth[c].casefold()
+             for c in metrics["predicted"]}
+    assert metrics["accuracy"] == pytest.approx(sum(right.values()) / len(right))
+    for name, baseline in metrics["baselines"].items():
+        test = metrics["paired_tests"][name]
+        baseline_right = {c: label == truth[c] for c, label in baseline["predicted"].items()}
+        assert test["first_only"] == sum(right[c] and not b for c, b in baseline_right.items())
+        assert test["second_only"] == sum(b and not right[c] for c, b in baseline_right.items())
+        assert test["n_cells"] == n_held_out and 0.0 < test["p_value"] <= 1.0
 
 
 def test_evaluate_generation_reports_scfid_next_to_real_vs_real(trained, pbmc_file, tmp_path):

@@ -18,6 +18,7 @@ from c2s_engine.tasks.label_metrics import (
     classification_metrics,
     cluster_summary,
     normalize_label,
+    paired_accuracy_test,
 )
 from c2s_engine.tasks.runtime import TaskNotSupportedError, TaskNotSupportedWarning
 from c2s_engine.validation import prepare
@@ -268,6 +269,25 @@ def test_classification_metrics_by_hand():
         classification_metrics([None, np.nan], ["T", "B"])
     with pytest.raises(LabelsError, match="2 true labels but 1 predictions"):
         classification_metrics(["T", "B"], ["T"])
+
+
+def test_paired_accuracy_test_by_hand():
+    truth = ["T", "T", "B", "B", "NK", "NK", "T", None]
+    first = ["t.", "T", "B", "NK", "NK", "T", "B", "T"]
+    second = ["B", "T", "B", "B", "B", "B", "B", "B"]
+    found = paired_accuracy_test(truth, first, second)
+    # Right: first T,T,B,-,NK,-,- ; second -,T,B,B,-,-,- ; the unlabelled cell is skipped.
+    assert found == {"n_cells": 7, "first_only": 2, "second_only": 1, "both_right": 2,
+                     "both_wrong": 2, "p_value": pytest.approx(1.0)}
+    # 10 discordant cells all won by one side: two-sided p = 2 * 0.5**10.
+    many = paired_accuracy_test(["A"] * 12, ["A"] * 12, ["B"] * 10 + ["A"] * 2)
+    assert many["first_only"] == 10 and many["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    # 7 vs 1: two-sided p = 2 * P(X <= 1), X ~ Binomial(8, 0.5) = 2 * 9 / 256.
+    mixed = paired_accuracy_test(["A"] * 8, ["A"] * 7 + ["B"], ["B"] * 7 + ["A"])
+    assert mixed["p_value"] == pytest.approx(2 * 9 / 256)
+    assert paired_accuracy_test(["A"], ["A"], ["A"])["p_value"] == 1.0
+    with pytest.raises(LabelsError, match="2 true labels but 2 and 1 predictions"):
+        paired_accuracy_test(["A", "B"], ["A", "B"], ["A"])
 
 
 def test_cluster_summary_by_hand():

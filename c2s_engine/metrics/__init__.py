@@ -7,7 +7,8 @@
 * :mod:`~c2s_engine.metrics.ranking`: Kendall tau over a gene program, Pearson r of the mean
   expression change, gene overlap.
 * :mod:`~c2s_engine.metrics.text`: BERTScore-F1 with a local, pluggable encoder.
-* Accuracy, macro-F1 and the confusion matrix come from
+* Accuracy, macro-F1, the confusion matrix and the paired (McNemar) test of two annotators
+  come from
   :mod:`c2s_engine.tasks.label_metrics` and are re-exported here.
 """
 
@@ -45,7 +46,12 @@ from c2s_engine.metrics.text import (
     default_encoder_path,
     load_text_encoder,
 )
-from c2s_engine.tasks.label_metrics import LabelMetrics, classification_metrics, normalize_label
+from c2s_engine.tasks.label_metrics import (
+    LabelMetrics,
+    classification_metrics,
+    normalize_label,
+    paired_accuracy_test,
+)
 
 __all__ = [
     "BERTScore",
@@ -73,6 +79,7 @@ __all__ = [
     "median_bandwidth",
     "mmd_rbf",
     "normalize_label",
+    "paired_accuracy_test",
     "pearson_delta",
     "scfid",
     "sentence_genes",

@@ -119,6 +119,47 @@ def classification_metrics(truth: Sequence[Any], predicted: Sequence[Any]) -> La
     )
 
 
+def paired_accuracy_test(truth: Sequence[Any], first: Sequence[Any],
+                         second: Sequence[Any]) -> dict[str, Any]:
+    """Exact McNemar test: do two annotators of the same cells differ in accuracy?
+
+    Only the cells where exactly one of them is right carry information; under the null
+    hypothesis each such cell is a fair coin, so the two-sided p-value is the binomial test
+    of ``first_only`` successes in ``first_only + second_only`` trials at 0.5
+    (``scipy.stats.binomtest``). Labels are compared as in :func:`classification_metrics`;
+    unlabelled cells are skipped.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``first_only`` (cells only ``first`` gets right), ``second_only``,
+        ``both_right``, ``both_wrong`` and ``p_value`` (1.0 when no cell is discordant).
+
+    Raises
+    ------
+    LabelsError
+        The three sequences differ in length.
+    """
+    from scipy.stats import binomtest
+
+    truth, first, second = (pd.Series(list(x), dtype=object) for x in (truth, first, second))
+    if not len(truth) == len(first) == len(second):
+        raise LabelsError(f"{len(truth)} true labels but {len(first)} and {len(second)} "
+                          "predictions", "pass one prediction of each annotator per cell")
+    labelled = truth.notna().to_numpy()
+    y_true, y_first, y_second = (x[labelled].astype(str).map(normalize_label).to_numpy()
+                                 for x in (truth, first, second))
+    right_first, right_second = y_first == y_true, y_second == y_true
+    first_only = int(np.sum(right_first & ~right_second))
+    second_only = int(np.sum(right_second & ~right_first))
+    discordant = first_only + second_only
+    return {"n_cells": int(labelled.sum()), "first_only": first_only,
+            "second_only": second_only,
+            "both_right": int(np.sum(right_first & right_second)),
+            "both_wrong": int(np.sum(~right_first & ~right_second)),
+            "p_value": float(binomtest(first_only, discordant).pvalue) if discordant else 1.0}
+
+
 def cluster_summary(groups: pd.Series, predicted: Sequence[Any],
                     confidence: Sequence[float] | None = None) -> pd.DataFrame:
     """Majority predicted label per cluster and the fraction of cells that agree with it.

@@ -85,7 +85,8 @@ def evaluate_annotation(adata, scored: np.ndarray, model, label_key: str, batch_
     -------
     dict
         ``label_key``, ``n_candidates`` and the label metrics (``accuracy``, ``macro_f1``,
-        ``confusion``, ``labels``, ``n_cells``, ...), plus ``free_text_accuracy``.
+        ``confusion``, ``labels``, ``n_cells``, ...), ``predicted`` (``{cell: label}``, for
+        paired comparisons), plus ``free_text_accuracy``.
     """
     from c2s_engine.tasks.annotate import annotate
 
@@ -96,7 +97,8 @@ def evaluate_annotation(adata, scored: np.ndarray, model, label_key: str, batch_
                       mode="both" if free_text else "score", batch_size=batch_size,
                       tie_orders=tie_orders)
     metrics = {"label_key": label_key, "n_candidates": len(candidates), "tie_orders": tie_orders,
-               **result.metrics.to_dict()}
+               **result.metrics.to_dict(),
+               "predicted": {str(k): str(v) for k, v in result.cell_type.items()}}
     if free_text:
         from c2s_engine.tasks.label_metrics import classification_metrics
 
@@ -139,7 +141,8 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
     Returns
     -------
     dict
-        ``{name: {accuracy, macro_f1, n_train, n_test, method}}`` for each baseline.
+        ``{name: {accuracy, macro_f1, n_train, n_test, method, predicted}}`` for each
+        baseline; ``predicted`` is ``{cell: label}`` over the scored, labelled cells.
 
     Raises
     ------
@@ -172,7 +175,9 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
         truth = labels[test]
         return {"accuracy": float(accuracy_score(truth, predicted)),
                 "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
-                "n_train": int(train.sum()), "n_test": int(test.sum()), "method": method}
+                "n_train": int(train.sum()), "n_test": int(test.sum()), "method": method,
+                "predicted": dict(zip(adata.obs_names[test].astype(str),
+                                      map(str, predicted), strict=True))}
 
     def logistic_regression() -> OneVsRestClassifier:  # CellTypist's settings
         return OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
@@ -200,6 +205,28 @@ def annotation_baselines(adata, scored: np.ndarray, label_key: str, *, n_pcs: in
             f"CellTypist's logistic regression on the top-{sentence_top_k} cell sentence: "
             "1/log2(rank + 2) for each gene in it, 0 for the others, scaled on training cells")
     return result
+
+
+def paired_with_baselines(adata, label_key: str, annotation: Mapping[str, Any],
+                          baselines: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The exact McNemar test of the model's annotation against each baseline, on the cells
+    both labelled (:func:`~c2s_engine.tasks.label_metrics.paired_accuracy_test`, the model
+    first): with a hundred or so held-out cells, a few cells of accuracy either way are often
+    chance, and this says how often.
+
+    ``annotation`` is a result of :func:`evaluate_annotation` and ``baselines`` of
+    :func:`annotation_baselines`, on the same scored cells.
+    """
+    from c2s_engine.tasks.label_metrics import paired_accuracy_test
+
+    truth = adata.obs[label_key]
+    tests = {}
+    for name, baseline in baselines.items():
+        cells = list(baseline["predicted"])
+        tests[name] = paired_accuracy_test(truth.loc[cells].astype(object).tolist(),
+                                           [annotation["predicted"][c] for c in cells],
+                                           [baseline["predicted"][c] for c in cells])
+    return tests
 
 
 def sentence_features(values: Any, top_k: int, *, seed: int = 0) -> np.ndarray:
