@@ -242,11 +242,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary = f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
         if chosen == "held-out":  # baselines learn from the cells the model trained on
             metrics["baselines"] = annotation_baselines(adata, scored, label_key, seed=args.seed)
-            metrics["paired_tests"] = paired_with_baselines(adata, label_key, metrics,
-                                                            metrics["baselines"])
+            paired = paired_with_baselines(adata, label_key, metrics, metrics["baselines"])
+            metrics["paired_tests"] = paired
             summary += "; baselines " + ", ".join(
-                f"{name} {b['accuracy']:.3f} "
-                f"(McNemar p {metrics['paired_tests'][name]['p_value']:.2g})" for name, b in metrics["baselines"].items())
+                f"{name} {b['accuracy']:.3f} (McNemar p {paired[name]['p_value']:.2g})"
+                for name, b in metrics["baselines"].items())
     elif args.task == "generate":
         metrics = evaluate_generation(adata, scored, model, label_key, n=args.n or None,
                                       seed=args.seed, batch_size=args.batch_size)
