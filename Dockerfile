@@ -77,4 +77,5 @@ CMD ["python", "-m", "streamlit", "run", "webapp/app.py", \
      "--server.maxUploadSize=2048", \
      "--server.enableXsrfProtection=true", \
      "--server.headless=true", \
-     "--browser.gatherUsageStats=false"]
+     "--browser.gatherUsageStats=false", \
+     "--runner.postScriptGC=false"]

@@ -52,7 +52,19 @@ def test_streamlit_command_defaults_are_local_and_safe():
         "server.enableXsrfProtection": "true",
         "server.headless": "true",
         "browser.gatherUsageStats": "false",
+        "runner.postScriptGC": "false",
     }
+
+
+def test_every_server_flag_is_a_streamlit_option():
+    # A misspelt flag would make Streamlit refuse to start or, for the GC one, let background
+    # jobs crawl again (its default is on, which is why the flag is there).
+    from streamlit import config
+
+    options = config.get_config_options(force_reparse=True)
+    for name in _flags(streamlit_command()):
+        assert name in options, name
+    assert options["runner.postScriptGC"].default_val is True
 
 
 def test_streamlit_command_uses_the_given_host_port_and_upload_limit():
