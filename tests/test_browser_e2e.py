@@ -19,12 +19,12 @@ import re
 import signal
 import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import anndata as ad
 import pytest
+
+from webapp.launch import wait_until_healthy
 
 pytest_plugins = ["tiny_checkpoints", "webapp_helpers"]
 
@@ -79,20 +79,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"scripts/run.sh exited with {process.returncode}:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"the app did not answer within {SERVER_START_S} s:\n"
-                f"{log.read_text(errors='replace')[-3000:]}")
+    try:
+        wait_until_healthy(url, process, SERVER_START_S)
+    except RuntimeError as error:
+        pytest.fail(f"scripts/run.sh: {error}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture(scope="module")

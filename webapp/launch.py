@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
@@ -50,6 +52,28 @@ def streamlit_command(
         # the app fell from ~70 to ~2 cells/s). Python's own generational GC still runs.
         "--runner.postScriptGC=false",
     ]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Return once the server at ``url`` answers its health check (for scripts and tests).
+
+    Raises
+    ------
+    RuntimeError
+        The server process exited, or did not answer within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
+                if response.read().decode().strip() == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the app did not answer within {timeout_s:g} s")
 
 
 def launch(host: str = "127.0.0.1", port: int = 8501, max_upload_mb: int = 2048) -> int:
