@@ -1,6 +1,6 @@
 """Held-out evaluation of the kang-perturbation model: stage 1 alone and after GRPO, one run.
 
-Both models were trained with stimulated CD14+ monocytes held out entirely (the split is read
+Every model was trained with stimulated CD14+ monocytes held out entirely (the split is read
 from the first model's ``c2s_run.json``; every model must hold out the same cells). For each
 model, :func:`c2s_engine.training.evaluation.evaluate_perturbation` turns every control CD14+
 monocyte into a predicted IFN-beta-stimulated cell (answers sampled at temperature 1, the
@@ -23,8 +23,8 @@ with ``--update-card`` (the default), into the card (``c2s.json``: ``training``)
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_perturbation_model.py \\
-        --models stage1=runs/pretrain_kang grpo=assets/models/kang-perturbation
+    OMP_NUM_THREADS=2 python benchmarks/bench_perturbation_model.py \\
+        --models stage1+grpo=runs/grpo_kang stage1=assets/models/kang-perturbation
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ def update_model_files(model_dir: Path, result: dict, command: str) -> None:
     card["training"] = {
         "commands": [
             "c2s train pretrain --config configs/pretrain_kang_perturbation.yaml",
-            "c2s train grpo --config configs/grpo_kang_perturbation.yaml",
-            "cp -r runs/grpo_kang assets/models/kang-perturbation"],
+            "cp -r runs/pretrain_kang assets/models/kang-perturbation"],
+        "compared_with": "c2s train grpo --config configs/grpo_kang_perturbation.yaml "
+                         "(GRPO on this model, benchmarked beside it; not shipped)",
         "evaluation_command": command,
         "data_source": "Kang et al. 2018 IFN-beta-stimulated PBMCs (GEO GSE96583), the scGen "
                        "'valid' split: ../shared/data/kang_pbmc_ifnb/kang_pbmc_ifnb.h5ad",
