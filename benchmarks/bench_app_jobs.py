@@ -26,15 +26,13 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench_sentences import REPO, machine
 
-sys.path.insert(0, str(REPO))
-from webapp.launch import streamlit_command, wait_until_healthy  # noqa: E402
+from webapp.launch import streamlit_command, wait_until_healthy
 
 CHROMIUM = "/usr/bin/chromium"
 LABELS = "T cell, B cell"
@@ -70,9 +68,9 @@ def _serve(argv: list[str], folder: Path) -> subprocess.Popen:
     env = {**os.environ, "C2S_WORKSPACE_DIR": str(folder / "workspaces"),
            "C2S_CACHE_DIR": str(folder / "cache"), "C2S_EXAMPLE_ON_START": "1"}
     env.pop("C2S_DEMO_MODEL", None)
-    log = (folder / "server.log").open("wb")
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with (folder / "server.log").open("wb") as log:  # the server keeps its own copy
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def app_run(post_script_gc: bool) -> dict:
