@@ -495,6 +495,75 @@ def test_spatial_sets_are_neighbourhoods_of_the_splits_cells(osmfish_built):
             assert row["label"] == ("yes" if same else "no")
 
 
+def test_a_second_dataset_joins_under_its_own_label_column_and_the_first_ones_genes(
+        pbmc68k, kang, tmp_path):
+    pbmc, other = pbmc68k[:100].copy(), kang[:150].copy()
+    panel = tmp_path / "panel.txt"
+    panel.write_text("\n".join(pbmc.var_names) + "\n", encoding="utf-8")
+    config = DatasetConfig(top_k=TOP_K, label_key="bulk_labels", tasks=["cell_type_prediction"],
+                           obs_columns={"kang": {"bulk_labels": "cell_type"}},
+                           gene_panel={"kang": str(panel)}, seed=3)
+    ds, info = build_dataset({"pbmc": pbmc, "kang": other}, config)
+    # The caller's AnnData keep their own columns and genes.
+    assert "bulk_labels" not in other.obs and other.n_vars == kang.n_vars
+    rows = [r for split in ("train", "test") for r in _rows(ds[split], "cell_type_prediction")]
+    by_dataset = {name: [r for r in rows if r["dataset"] == name] for name in ("pbmc", "kang")}
+    assert len(by_dataset["pbmc"]) == 100 and len(by_dataset["kang"]) == 150
+    assert info.n_cells["kang"]["train"] + info.n_cells["kang"]["test"] == 150
+    for name, column, data in (("pbmc", "bulk_labels", pbmc), ("kang", "cell_type", other)):
+        for row in by_dataset[name]:
+            (cell,) = row["cell_ids"]
+            assert row["label"] == data.obs.loc[cell, column]
+    # Kang's sentences hold the TOP_K most expressed of its genes that are in the panel.
+    shared = [g for g in other.var_names if g in set(pbmc.var_names)]
+    assert 0 < len(shared) < other.n_vars
+    values = other[:, shared].X.toarray() if hasattr(other.X, "toarray") else other[:, shared].X
+    column = {g: i for i, g in enumerate(shared)}
+    row_of = {c: i for i, c in enumerate(other.obs_names)}
+    for row in by_dataset["kang"][:40]:
+        (cell,) = row["cell_ids"]
+        genes = row["prompt"].split("Cell sentence: ")[1].split(".\n")[0].split()
+        assert set(genes) <= set(shared)
+        cell_values = values[row_of[cell]]
+        picked = cell_values[[column[g] for g in genes]]
+        assert (np.diff(picked) <= 0).all() and (picked > 0).all()
+        others = np.delete(cell_values, [column[g] for g in genes])
+        assert len(genes) == min(TOP_K, int((cell_values > 0).sum()))
+        assert others.max(initial=0) <= picked[-1]
+    # A data file gives its genes as the panel too.
+    pbmc_file = tmp_path / "pbmc.h5ad"
+    pbmc68k[:5].write_h5ad(pbmc_file)
+    config_file = DatasetConfig(**{**config.to_dict(), "gene_panel": {"kang": str(pbmc_file)},
+                                   "split": config.split})
+    again, _ = build_dataset({"pbmc": pbmc, "kang": other}, config_file)
+    assert again["train"]["prompt"] == ds["train"]["prompt"]
+
+
+def test_per_dataset_settings_name_real_datasets_columns_and_genes(pbmc68k, kang, tmp_path):
+    from c2s_engine.errors import ObsColumnError
+
+    pbmc, other = pbmc68k[:60].copy(), kang[:60].copy()
+    base = {"top_k": TOP_K, "label_key": "bulk_labels", "tasks": ["cell_type_prediction"]}
+    with pytest.raises(TaskOptionError, match="obs_columns names dataset.*kangg.*datasets are "
+                                              "pbmc, kang"):
+        build_dataset({"pbmc": pbmc, "kang": other},
+                      {**base, "obs_columns": {"kangg": {"bulk_labels": "cell_type"}}})
+    with pytest.raises(ObsColumnError, match="obs_columns\\[kang\\]\\[bulk_labels\\] names the "
+                                             "obs column 'celltype'"):
+        build_dataset({"pbmc": pbmc, "kang": other},
+                      {**base, "obs_columns": {"kang": {"bulk_labels": "celltype"}}})
+    ensembl = tmp_path / "ensembl.txt"
+    ensembl.write_text("ENSG00000141510\nENSG00000012048\n", encoding="utf-8")
+    with pytest.raises(TaskOptionError, match="none of the 2 genes of the gene_panel"):
+        build_dataset({"pbmc": pbmc, "kang": other},
+                      {**base, "obs_columns": {"kang": {"bulk_labels": "cell_type"}},
+                       "gene_panel": {"kang": str(ensembl)}})
+    with pytest.raises(TaskOptionError, match="gene_panel file .*missing.txt does not exist"):
+        build_dataset({"pbmc": pbmc}, {**base, "gene_panel": str(tmp_path / "missing.txt")})
+    with pytest.raises(TaskOptionError, match="obs_columns must map each dataset name"):
+        DatasetConfig(obs_columns={"kang": "cell_type"})
+
+
 # ---------------------------------------------------------------- config and errors
 
 

@@ -176,6 +176,18 @@ class DatasetConfig:
     keep
         Keep only cells whose obs values are listed: ``{column: [values]}`` (e.g.
         ``{'Valid': [1]}``).
+    obs_columns
+        Per dataset, which of its own obs columns plays a column named above:
+        ``{dataset name: {configured column: its column}}`` (e.g. ``{kang_pbmc_ifnb:
+        {bulk_labels: cell_type}}``), so datasets that name their labels differently can be
+        trained on together under one ``label_key``.
+    gene_panel
+        Keep only these genes in a dataset's sentences: the path of a text file (one symbol
+        per line) or of a data file (its var_names), one for every dataset or ``{dataset name:
+        path}``. An auxiliary dataset cut to the target dataset's panel writes sentences
+        from the same genes (a panel of highly variable genes leaves out the housekeeping
+        genes that would otherwise lead every sentence). Ranks among the kept genes do not
+        change: the C2S normalisation scales each cell as a whole.
     split
         How cells are split (:class:`~c2s_engine.training.splits.SplitConfig`).
     seed
@@ -210,6 +222,8 @@ class DatasetConfig:
     n_markers: int = 10
     organism: str = ""
     keep: dict[str, list[str]] = field(default_factory=dict)
+    obs_columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    gene_panel: str | dict[str, str] = ""
     split: SplitConfig = field(default_factory=SplitConfig)
     seed: int = 0
 
@@ -239,6 +253,17 @@ class DatasetConfig:
         self.keep = {str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])]
                      for k, vs in self.keep.items()}
         self.perturbation_names = {str(k): str(v) for k, v in self.perturbation_names.items()}
+        if not all(isinstance(v, Mapping) for v in self.obs_columns.values()):
+            raise TaskOptionError("obs_columns must map each dataset name to {configured "
+                                  "column: its column}",
+                                  "write e.g. obs_columns: {kang_pbmc_ifnb: {bulk_labels: "
+                                  "cell_type}}")
+        self.obs_columns = {str(d): {str(k): str(v) for k, v in m.items()}
+                            for d, m in self.obs_columns.items()}
+        if isinstance(self.gene_panel, Mapping):
+            self.gene_panel = {str(k): str(v) for k, v in self.gene_panel.items()}
+        else:
+            self.gene_panel = str(self.gene_panel or "")
         self.inputs = [str(p) for p in self.inputs]
         self.control_value = str(self.control_value)
         if self.perturbation_pairing not in PAIRINGS:
@@ -780,9 +805,11 @@ def _named_inputs(adatas: AnnDataLike | Sequence[AnnDataLike] | Mapping[str, Ann
     return named
 
 
-def _load(item: AnnDataLike, config: DatasetConfig) -> tuple[AnnData, list[np.ndarray]]:
-    """The data ready for sentences (read, filtered by ``keep``, prepared, ranked with
-    ``config.seed``) and the sentences of its other tie orders (``sentence_draws``)."""
+def _load(item: AnnDataLike, config: DatasetConfig, name: str
+          ) -> tuple[AnnData, list[np.ndarray]]:
+    """The data ready for sentences (read, filtered by ``keep``, columns mapped by
+    ``obs_columns``, cut to ``gene_panel``, prepared, ranked with ``config.seed``) and the
+    sentences of its other tie orders (``sentence_draws``)."""
     from c2s_engine.readers import read
     from c2s_engine.sentences import compute_sentences, get_sentences
     from c2s_engine.validation import prepare
@@ -793,11 +820,19 @@ def _load(item: AnnDataLike, config: DatasetConfig) -> tuple[AnnData, list[np.nd
         for column, values in config.keep.items():
             mask &= _obs_strings(adata, column).isin(values).to_numpy()
         adata = adata[mask].copy()
+    columns = config.obs_columns.get(name, {})
+    panel = config.per_dataset(name, config.gene_panel)
+    if (columns or panel) and adata is item:
+        adata = adata.copy()  # the caller's AnnData keeps its own columns and genes
+    for target, source in columns.items():
+        adata.obs[target] = _obs_strings(adata, source, f"obs_columns[{name}][{target}]")
     for key in ("label_key", "cluster_key", "donor_key", "condition_key", "tissue_key",
                 "niche_key"):
         _obs_strings(adata, getattr(config, key), key)
     if "normalization" not in adata.uns.get("c2s", {}):
         prepare(adata, organism=config.organism or None)
+    if panel:  # after prepare, which turns the genes into symbols
+        adata = _cut_to_panel(adata, panel, name)
     redrawn = []
     for draw in range(1, config.sentence_draws):
         source = adata
@@ -807,6 +842,37 @@ def _load(item: AnnDataLike, config: DatasetConfig) -> tuple[AnnData, list[np.nd
         redrawn.append(np.array(get_sentences(source), dtype=object))
     compute_sentences(adata, top_k=config.top_k, seed=config.seed)  # what the data keep
     return adata, redrawn
+
+
+def _panel_genes(path: str) -> list[str]:
+    """Gene symbols of a panel file: one per line in a text file, or a data file's genes."""
+    source = Path(path)
+    if not source.is_file():
+        raise TaskOptionError(f"gene_panel file {path} does not exist",
+                              "give the path of a text file (one gene per line) or a data file")
+    if source.suffix.lower() in {".txt", ".tsv", ".csv", ".list"}:
+        lines = source.read_text(encoding="utf-8").splitlines()
+        return [line.split(",")[0].split("\t")[0].strip() for line in lines if line.strip()]
+    from c2s_engine.readers import read
+
+    panel = read(path)
+    try:
+        return panel.var_names.astype(str).tolist()
+    finally:
+        if panel.isbacked:
+            panel.file.close()
+
+
+def _cut_to_panel(adata: AnnData, path: str, name: str) -> AnnData:
+    """``adata`` with only the genes of the panel at ``path`` (see ``gene_panel``)."""
+    wanted = set(_panel_genes(path))
+    keep = adata.var_names.astype(str).isin(wanted)
+    if not keep.any():
+        raise TaskOptionError(
+            f"none of the {len(wanted)} genes of the gene_panel {path} are among the genes of "
+            f"{name} (first genes there: {', '.join(map(str, adata.var_names[:5]))})",
+            "check that both name genes the same way (symbols or Ensembl IDs)")
+    return adata[:, keep].copy()
 
 
 def _thinned(adata: AnnData, lowest: float, seed: int) -> AnnData:
@@ -893,6 +959,18 @@ def _parts(name: str, adata: AnnData, test: np.ndarray, organism: str,
     return parts
 
 
+def _check_dataset_names(config: DatasetConfig, names: list[str]) -> None:
+    """Per-dataset settings must name datasets that exist (a typo would silently do
+    nothing)."""
+    for key in ("obs_columns", "gene_panel", "tissue", "abstract"):
+        value = getattr(config, key)
+        unknown = sorted(set(value) - set(names)) if isinstance(value, Mapping) else []
+        if unknown:
+            raise TaskOptionError(f"{key} names dataset(s) {', '.join(unknown)}, but the "
+                                  f"datasets are {', '.join(names)}",
+                                  "use the dataset names (file names without extension)")
+
+
 def _task_list(config: DatasetConfig) -> tuple[list[str], bool]:
     """(task ids, whether the user named them)."""
     registry = default_registry()
@@ -958,8 +1036,9 @@ def build_dataset(adatas: AnnDataLike | Sequence[AnnDataLike] | Mapping[str, Ann
         return lambda: registry.get_template(task, variant="random", rng=rng)
 
     items = _named_inputs(adatas if adatas is not None else config.inputs)
+    _check_dataset_names(config, [name for name, _ in items])
     for d, (name, item) in enumerate(items):
-        adata, redrawn = _load(item, config)
+        adata, redrawn = _load(item, config, name)
         test, held = split_cells(adata, config.split, seed=config.seed,
                                  label_key=config.label_key, donor_key=config.donor_key)
         for column, values in held.items():
