@@ -186,3 +186,43 @@ def test_no_repeat_guard_breaks_a_loop_but_lets_the_answer_quote_its_prompt(scri
                          pad_token_id=tok.pad_token_id)
     hf_words = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split()
     assert hf_words[0] == "T" and hf_words[1] != "B"
+
+
+def test_unique_words_guard_lets_an_answer_name_a_word_once(scripted):
+    model, tok = scripted
+    looping = generate(model, tok, ["CD74 T B"], max_new_tokens=6, stop=None)
+    assert looping.completions == ["T B T B T B"]
+    guarded = generate(model, tok, ["CD74 T B"], max_new_tokens=6, stop=None, unique_words=True)
+    words = guarded.completions[0].split()
+    # The prompt's "T" and "B" do not count: the answer names each once, then moves on.
+    assert words[:2] == ["T", "B"] and len(words) > 2
+    assert len(words) == len(set(words))
+    # Sampled answers keep to it too.
+    sampled = generate(model, tok, ["CD74 T B"] * 4, max_new_tokens=8, stop=None,
+                       unique_words=True, do_sample=True, temperature=3.0, seed=0)
+    for completion in sampled.completions:
+        words = completion.split()
+        assert words and len(words) == len(set(words))
+
+
+def test_whole_word_ids_only_for_tokenizers_that_keep_words_whole():
+    from tiny_models import train_tiny_tokenizer
+
+    from c2s_engine.inference.generation import whole_word_ids
+    from c2s_engine.training.tokenizer import train_tokenizer
+
+    genes = ["CD3E", "CD3D", "IL7R", "LYZ", "S100A9", "HLA-DRA", "RP11-34P13.7"]
+    word_level = train_tiny_tokenizer([" ".join(genes), "Cell type : T cell ."])
+    ids = whole_word_ids(word_level)
+    tokens = set(word_level.convert_ids_to_tokens(ids))
+    assert set(genes) <= tokens and ":" not in tokens and "." not in tokens
+    assert not set(ids) & set(word_level.all_special_ids)
+    # WordPiece (the demo models'): whole genes yes, word-inner "##" pieces no.
+    piece = train_tokenizer([" ".join(genes) + ".", "An unseen word: interferon."] * 3,
+                            gene_symbols=genes)
+    tokens = set(piece.convert_ids_to_tokens(whole_word_ids(piece)))
+    assert set(genes) <= tokens
+    assert not any(t.startswith("##") for t in tokens)
+    assert any(t.startswith("##") for t in piece.get_vocab())
+    # Byte-pair tokenizers split genes into pieces that other genes share: no guard.
+    assert whole_word_ids(train_tiny_tokenizer([" ".join(genes)], model="bpe")) is None

@@ -138,6 +138,50 @@ class NoRepeatNGramInAnswer(LogitsProcessor):
         return scores
 
 
+class NoRepeatedWordInAnswer(LogitsProcessor):
+    """Forbid a whole-word token that the *generated* tokens already hold.
+
+    A cell sentence names each gene once, but a sampled answer can name one twice
+    ("... TIMP1 TIMP1 ..."), and every repeat takes the place of a gene the cell expresses.
+    Only tokens in ``word_ids`` (see :func:`whole_word_ids`) are guarded, and the prompt's
+    tokens do not count: the answer may name the genes of its input cell.
+    """
+
+    def __init__(self, word_ids: Sequence[int], prompt_len: int) -> None:
+        self.word_ids = torch.as_tensor(list(word_ids), dtype=torch.long)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        new = input_ids[:, self.prompt_len:]
+        if new.shape[1] == 0:
+            return scores
+        guarded = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        guarded[self.word_ids[self.word_ids < scores.shape[-1]].to(scores.device)] = True
+        seen = torch.zeros_like(scores, dtype=torch.bool)
+        seen.scatter_(1, new.clamp(max=scores.shape[-1] - 1), True)
+        return scores.masked_fill(seen & guarded, -float("inf"))
+
+
+def whole_word_ids(tokenizer) -> list[int] | None:
+    """Ids of the vocabulary's whole-word tokens, or None when words span several tokens.
+
+    Tokenizers that keep every gene symbol in one token (word-level ones, and WordPiece ones
+    such as the demo models', whose word-inner pieces carry a prefix like ``##``) give the
+    ids of their non-special tokens that start a word and hold a letter or digit. Byte-pair
+    and unigram tokenizers (Pythia's, Gemma's) give None: there a gene is several tokens that
+    other genes share, so no single token may be forbidden.
+    """
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    kind = type(backend).__name__
+    if kind not in ("WordLevel", "WordPiece"):
+        return None
+    prefix = getattr(backend, "continuing_subword_prefix", None) if kind == "WordPiece" else None
+    special = set(tokenizer.all_special_ids)
+    return sorted(i for token, i in tokenizer.get_vocab().items()
+                  if i not in special and not (prefix and token.startswith(prefix))
+                  and any(c.isalnum() for c in token))
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]
@@ -156,6 +200,7 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     no_repeat_ngram_size: int = 0,
+    unique_words: bool = False,
     seed: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
@@ -183,6 +228,10 @@ def generate(
         With ``n > 0``, no token n-gram appears twice in an answer (the prompt's n-grams do
         not count; see :class:`NoRepeatNGramInAnswer`). For free text only: a template sets
         it in its ``answer`` block.
+    unique_words
+        No whole-word token twice in an answer (:class:`NoRepeatedWordInAnswer`): for cell
+        sentences, which name each gene once. Applies to tokenizers that keep words whole
+        (:func:`whole_word_ids`); with others the repeats are left to the reverse transform.
     seed
         Seeds torch's global generator (``transformers.set_seed``) before the first batch,
         so a sampled call is reproducible for the same prompts, batch size and device.
@@ -206,6 +255,7 @@ def generate(
     ensure_pad_token(tokenizer)
     ids = tokenize(tokenizer, prompts)
     eos = _eos_ids(model, tokenizer)
+    words = whole_word_ids(tokenizer) if unique_words else None
     options: dict = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "use_cache": True,
                      "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
     if do_sample:
@@ -217,8 +267,11 @@ def generate(
         batch = pad_batch(tokenizer, [ids[i] for i in indices], "left", model.device)
         prompt_len = batch["input_ids"].shape[1]
         tracker = FinishTracker(tokenizer, stop or (), eos, prompt_len, len(indices))
-        guards = ([NoRepeatNGramInAnswer(no_repeat_ngram_size, prompt_len)]
-                  if no_repeat_ngram_size > 0 else [])
+        guards: list[LogitsProcessor] = (
+            [NoRepeatNGramInAnswer(no_repeat_ngram_size, prompt_len)]
+            if no_repeat_ngram_size > 0 else [])
+        if words:
+            guards.append(NoRepeatedWordInAnswer(words, prompt_len))
         with torch.inference_mode():
             out = model.generate(**batch, stopping_criteria=StoppingCriteriaList([tracker]),
                                  logits_processor=LogitsProcessorList(guards), **options)

@@ -216,14 +216,15 @@ def generate_cells(
     stop = template.stop.stop_strings if kind == "cell_type" else _TISSUE_STOP
     settings = {"max_new_tokens": max_new_tokens, "stop": list(stop), "do_sample": do_sample,
                 "temperature": temperature, "top_p": top_p, "top_k": sampling_top_k,
-                "seed": seed, "precision": loaded.precision}
+                "seed": seed, "precision": loaded.precision, "unique_words": True}
     runs: list[CallStats] = []
 
     def run(_: list[str]) -> list[list[str]]:
         answers, stats = cached_generate(
             loaded, prompts, task=task, max_new_tokens=max_new_tokens, stop=stop,
             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=sampling_top_k,
-            seed=seed, batch_size=batch_size, progress=progress, cancel=cancel, cache=False)
+            unique_words=True, seed=seed, batch_size=batch_size, progress=progress,
+            cancel=cancel, cache=False)
         runs.append(stats)
         return [answers]
 

@@ -82,6 +82,7 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
     Identical prompts are one cache entry, so a prompt's ``r``-th repeat is generated in
     round ``r`` with seed ``seed + r``: sampled repeats differ and every round is
     reproducible. Greedy decoding has no use for rounds (repeats would be identical).
+    An answer names each gene once (``unique_words``, where the tokenizer keeps genes whole).
     Answers are cut with the template's stop rule.
     """
     replicate = np.asarray(replicate if do_sample else np.zeros(len(prompts), int))
@@ -92,7 +93,7 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
         rows = np.flatnonzero(replicate == r)
         got, stats = cached_generate(model, [prompts[i] for i in rows], task=task,
                                      stop=template.stop.stop_strings, do_sample=do_sample,
-                                     seed=seed + r, **options)
+                                     unique_words=True, seed=seed + r, **options)
         for i, answer in zip(rows.tolist(), got, strict=True):
             answers[i] = template.stop.cut(answer)
         total.n_items += stats.n_items

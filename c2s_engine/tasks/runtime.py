@@ -162,6 +162,7 @@ def cached_generate(
     top_p: float = 1.0,
     top_k: int = 0,
     no_repeat_ngram_size: int = 0,
+    unique_words: bool = False,
     seed: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
@@ -178,12 +179,15 @@ def cached_generate(
               "precision": model.precision}
     if no_repeat_ngram_size:  # only when set: unguarded calls keep their cache keys
         params["no_repeat_ngram_size"] = no_repeat_ngram_size
+    if unique_words:
+        params["unique_words"] = True
     stats = CallStats(n_items=len(prompts), batch_size=batch_size)
 
     def compute(missing: list[str]) -> list[str]:
         result = generate(model, None, missing, max_new_tokens=max_new_tokens, stop=stop,
                           do_sample=do_sample, temperature=temperature, top_p=top_p,
-                          top_k=top_k, no_repeat_ngram_size=no_repeat_ngram_size, seed=seed,
+                          top_k=top_k, no_repeat_ngram_size=no_repeat_ngram_size,
+                          unique_words=unique_words, seed=seed,
                           batch_size=batch_size, progress=progress, cancel=cancel)
         stats.batch_size = result.batch_size
         return result.answers
