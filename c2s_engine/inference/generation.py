@@ -148,18 +148,20 @@ class NoRepeatedWordInAnswer(LogitsProcessor):
     """
 
     def __init__(self, word_ids: Sequence[int], prompt_len: int) -> None:
-        self.word_ids = torch.as_tensor(list(word_ids), dtype=torch.long)
+        self.word_ids = list(word_ids)
         self.prompt_len = prompt_len
+        self._guarded: torch.Tensor | None = None  # vocabulary mask, made at the first step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         new = input_ids[:, self.prompt_len:]
         if new.shape[1] == 0:
             return scores
-        guarded = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        guarded[self.word_ids[self.word_ids < scores.shape[-1]].to(scores.device)] = True
+        if self._guarded is None:
+            self._guarded = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            self._guarded[[i for i in self.word_ids if i < scores.shape[-1]]] = True
         seen = torch.zeros_like(scores, dtype=torch.bool)
-        seen.scatter_(1, new.clamp(max=scores.shape[-1] - 1), True)
-        return scores.masked_fill(seen & guarded, -float("inf"))
+        seen.scatter_(1, new, True)
+        return scores.masked_fill(seen & self._guarded, -float("inf"))
 
 
 def whole_word_ids(tokenizer) -> list[int] | None:

@@ -822,8 +822,8 @@ def _load(item: AnnDataLike, config: DatasetConfig, name: str
         adata = adata[mask].copy()
     columns = config.obs_columns.get(name, {})
     panel = config.per_dataset(name, config.gene_panel)
-    if (columns or panel) and adata is item:
-        adata = adata.copy()  # the caller's AnnData keeps its own columns and genes
+    if columns and adata is item:
+        adata = adata.copy()  # the caller's AnnData keeps its own columns
     for target, source in columns.items():
         adata.obs[target] = _obs_strings(adata, source, f"obs_columns[{name}][{target}]")
     for key in ("label_key", "cluster_key", "donor_key", "condition_key", "tissue_key",
