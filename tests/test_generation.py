@@ -226,3 +226,44 @@ def test_whole_word_ids_only_for_tokenizers_that_keep_words_whole():
     assert any(t.startswith("##") for t in piece.get_vocab())
     # Byte-pair tokenizers split genes into pieces that other genes share: no guard.
     assert whole_word_ids(train_tiny_tokenizer([" ".join(genes)], model="bpe")) is None
+
+
+def test_favoured_words_are_each_rows_own_and_lose_to_a_ban(scripted):
+    model, tok = scripted
+    prompts = ["CD74 T B", "CD74 T B"]
+    plain = generate(model, tok, prompts, max_new_tokens=1, stop=None)
+    assert plain.completions == ["T", "T"]
+    # Each prompt's own text is favoured: row 0 is pulled to CD74, row 1 to NK.
+    pulled = generate(model, tok, prompts, max_new_tokens=1, stop=None,
+                      favour=["CD74", "NK"], favour_bias=1000.0)
+    assert pulled.completions == ["CD74", "NK"]
+    # A bias of 0 changes nothing; once named, a favoured word is still named only once.
+    assert generate(model, tok, prompts, max_new_tokens=1, stop=None, favour=["CD74", "NK"],
+                    favour_bias=0.0).completions == plain.completions
+    once = generate(model, tok, ["CD74 T B"], max_new_tokens=4, stop=None, favour=["CD74"],
+                    favour_bias=1000.0, unique_words=True).completions[0].split()
+    assert once[0] == "CD74" and once.count("CD74") == 1
+
+
+def test_favoured_token_mask_keeps_only_single_token_words(scripted):
+    from c2s_engine.inference.generation import favoured_token_mask, whole_word_ids
+
+    _, tok = scripted
+    words = whole_word_ids(tok)
+    mask = favoured_token_mask(tok, ["CD74 NOT_IN_VOCAB T", "", "B ."], words)
+    assert mask.shape == (3, len(tok))
+    assert set(tok.convert_ids_to_tokens(torch.nonzero(mask[0]).flatten().tolist())) == {"CD74", "T"}
+    assert not mask[1].any()
+    # "." is not a word token, so only B is favoured.
+    assert tok.convert_ids_to_tokens(torch.nonzero(mask[2]).flatten().tolist()) == ["B"]
+
+
+def test_favouring_needs_a_tokenizer_that_keeps_words_whole(scripted):
+    from tiny_models import train_tiny_tokenizer
+
+    from c2s_engine.errors import TaskOptionError
+
+    model, _ = scripted
+    bpe = train_tiny_tokenizer(["CD74 T B NK cell"], model="bpe")
+    with pytest.raises(TaskOptionError, match="keeps each gene in one token"):
+        generate(model, bpe, ["CD74 T B"], max_new_tokens=2, favour=["CD74"], favour_bias=2.0)
