@@ -168,38 +168,3 @@ def test_bad_control_selection_is_explained(model, kang):
                              control_value="ctrl")
     with pytest.raises(TaskOptionError, match="perturbation name is empty"):
         predict_perturbation(kang, "  ", model)
-
-
-def test_input_gene_bias_keeps_the_control_cells_genes(kang):
-    from c2s_engine.tasks.runtime import cell_sentences
-
-    # The shipped Kang model: its tokenizer holds every Kang gene in one token.
-    kang_model = load_model("kang-perturbation", "fp32", "cpu")
-    top_k = int(kang_model.card.top_k)
-    first = _controls(kang)[:4]
-    plain = predict_perturbation(kang, "IFN-beta", kang_model, cells=first, max_new_tokens=20)
-    kept = predict_perturbation(kang, "IFN-beta", kang_model, cells=first, max_new_tokens=20,
-                                input_gene_bias=1000.0)
-    controls = cell_sentences(kang, top_k, np.flatnonzero(kang.obs_names.isin(first)))
-    n_kept = n_plain = 0
-    for control, with_bias, without in zip(controls, kept.obs["cell_sentence"],
-                                           plain.obs["cell_sentence"], strict=True):
-        genes = set(control.split())
-        assert len(genes) > 20
-        # With an overwhelming bias every generated gene is one of the control's, named once.
-        assert set(with_bias.split()) <= genes
-        assert len(with_bias.split()) == len(set(with_bias.split())) >= 15
-        n_kept += len(set(with_bias.split()) & genes)
-        n_plain += len(set(without.split()) & genes)
-    assert n_kept > n_plain
-    assert kept.uns["c2s"]["perturb"]["params"]["input_gene_bias"] == 1000.0
-    assert plain.uns["c2s"]["perturb"]["params"]["input_gene_bias"] == 0.0
-
-
-def test_input_gene_bias_is_refused_for_a_tokenizer_that_splits_genes(kang, monkeypatch):
-    import c2s_engine.tasks.perturb as perturb
-
-    monkeypatch.setattr(perturb, "keeps_genes_whole", lambda model: False)
-    with pytest.raises(TaskOptionError, match="splits gene symbols"):
-        predict_perturbation(kang, "IFN-beta", "demo", cells=_controls(kang)[:2],
-                             input_gene_bias=2.0, allow_unsupported=True)

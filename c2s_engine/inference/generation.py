@@ -24,7 +24,6 @@ from transformers import (
     set_seed,
 )
 
-from c2s_engine.errors import TaskOptionError
 from c2s_engine.inference.batching import (
     DEFAULT_BATCH_SIZE,
     ensure_pad_token,
@@ -165,49 +164,6 @@ class NoRepeatedWordInAnswer(LogitsProcessor):
         return scores.masked_fill(seen & self._guarded, -float("inf"))
 
 
-class FavourWords(LogitsProcessor):
-    """Add ``bias`` to the logits of each row's own favoured tokens at every step.
-
-    ``favoured`` is a boolean ``(rows, vocabulary)`` mask (see :func:`favoured_token_mask`).
-    Used to keep a control cell's genes in its predicted perturbed cell: a small model asked
-    about a cell type it never saw perturbed drifts towards the types it did see, and the
-    bias pulls the answer back towards the input's genes while the model still orders them
-    and adds the genes of the response. A token already forbidden (``-inf``) stays forbidden.
-    """
-
-    def __init__(self, favoured: torch.Tensor, bias: float) -> None:
-        self.favoured = favoured
-        self.bias = float(bias)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        width = min(self.favoured.shape[1], scores.shape[-1])
-        bonus = torch.zeros_like(scores)
-        bonus[:, :width] = self.favoured[:, :width].to(scores.device, scores.dtype) * self.bias
-        return scores + bonus
-
-
-def favoured_token_mask(tokenizer, texts: Sequence[str], word_ids: Sequence[int]) -> torch.Tensor:
-    """``(len(texts), vocabulary)`` mask of the words of each text that are one whole token.
-
-    A word the tokenizer splits into pieces is left out: favouring its first piece would
-    favour every other word that starts with that piece.
-    """
-    allowed = set(word_ids)
-    words = sorted({w for text in texts for w in text.split()})
-    single = {}
-    if words:
-        for word, ids in zip(words, tokenizer(words, add_special_tokens=False)["input_ids"],
-                             strict=True):
-            if len(ids) == 1 and ids[0] in allowed:
-                single[word] = ids[0]
-    mask = torch.zeros(len(texts), len(tokenizer), dtype=torch.bool)
-    for row, text in enumerate(texts):
-        ids = [single[w] for w in text.split() if w in single]
-        if ids:
-            mask[row, ids] = True
-    return mask
-
-
 def whole_word_ids(tokenizer) -> list[int] | None:
     """Ids of the vocabulary's whole-word tokens, or None when words span several tokens.
 
@@ -247,8 +203,6 @@ def generate(
     top_k: int = 0,
     no_repeat_ngram_size: int = 0,
     unique_words: bool = False,
-    favour: Sequence[str] | None = None,
-    favour_bias: float = 0.0,
     seed: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
@@ -280,10 +234,6 @@ def generate(
         No whole-word token twice in an answer (:class:`NoRepeatedWordInAnswer`): for cell
         sentences, which name each gene once. Applies to tokenizers that keep words whole
         (:func:`whole_word_ids`); with others the repeats are left to the reverse transform.
-    favour, favour_bias
-        One text per prompt (e.g. the input cell's sentence): its words that are one
-        whole-word token get ``favour_bias`` added to their logits at every step
-        (:class:`FavourWords`). Needs a tokenizer that keeps words whole.
     seed
         Seeds torch's global generator (``transformers.set_seed``) before the first batch,
         so a sampled call is reproducible for the same prompts, batch size and device.
@@ -302,25 +252,12 @@ def generate(
         ``partial`` maps input index -> :class:`Generated` for the finished prompts.
     InsufficientMemoryError
         When one prompt alone does not fit in device memory.
-    TaskOptionError
-        ``favour_bias`` with a tokenizer that splits words into shared pieces, or ``favour``
-        not one text per prompt.
     """
     model, tokenizer = unpack_model(model, tokenizer)
     ensure_pad_token(tokenizer)
     ids = tokenize(tokenizer, prompts)
     eos = _eos_ids(model, tokenizer)
-    favouring = bool(favour_bias) and favour is not None
-    words = whole_word_ids(tokenizer) if unique_words or favouring else None
-    if favouring:
-        if words is None:
-            raise TaskOptionError(
-                "favouring the input cell's genes needs a tokenizer that keeps each gene in "
-                f"one token; this model's {type(tokenizer).__name__} splits genes into pieces "
-                "other genes share", "set the input-gene bias to 0 for this model")
-        if len(favour) != len(prompts):
-            raise TaskOptionError(f"{len(favour)} favoured texts for {len(prompts)} prompts",
-                                  "pass one favoured text per prompt")
+    words = whole_word_ids(tokenizer) if unique_words else None
     options: dict = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "use_cache": True,
                      "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
     if do_sample:
@@ -335,11 +272,8 @@ def generate(
         guards: list[LogitsProcessor] = (
             [NoRepeatNGramInAnswer(no_repeat_ngram_size, prompt_len)]
             if no_repeat_ngram_size > 0 else [])
-        if words and unique_words:
+        if words:
             guards.append(NoRepeatedWordInAnswer(words, prompt_len))
-        if favouring:
-            mask = favoured_token_mask(tokenizer, [favour[i] for i in indices], words)
-            guards.append(FavourWords(mask, favour_bias))
         with torch.inference_mode():
             out = model.generate(**batch, stopping_criteria=StoppingCriteriaList([tracker]),
                                  logits_processor=LogitsProcessorList(guards), **options)

@@ -22,7 +22,6 @@ from c2s_engine.errors import (
 )
 from c2s_engine.inference import CancelLike, ProgressFn
 from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
-from c2s_engine.inference.generation import whole_word_ids
 from c2s_engine.prompts import get_template
 from c2s_engine.reverse import fit_reverse, reconstruct
 from c2s_engine.tasks.neighborhoods import cell_positions
@@ -76,8 +75,7 @@ def default_answer_tokens(model, cells: Sequence[str]) -> int:
 
 
 def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, task: str,
-                    template, seed: int, do_sample: bool,
-                    favour: Sequence[str] | None = None, **options: Any
+                    template, seed: int, do_sample: bool, **options: Any
                     ) -> tuple[list[str], CallStats]:
     """Answers for prompts of which some repeat (the same cell drawn several times).
 
@@ -85,12 +83,9 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
     round ``r`` with seed ``seed + r``: sampled repeats differ and every round is
     reproducible. Greedy decoding has no use for rounds (repeats would be identical).
     An answer names each gene once (``unique_words``, where the tokenizer keeps genes whole).
-    ``favour`` (one text per prompt) goes with ``favour_bias`` in ``options`` to
-    :func:`~c2s_engine.tasks.runtime.cached_generate`. Answers are cut with the template's stop
-    rule.
+    Answers are cut with the template's stop rule.
     """
     replicate = np.asarray(replicate if do_sample else np.zeros(len(prompts), int))
-    favoured = None if favour is None else dict(zip(prompts, favour, strict=True))
     answers: list[str] = [""] * len(prompts)
     total = CallStats()
     batch_sizes = []
@@ -98,8 +93,7 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
         rows = np.flatnonzero(replicate == r)
         got, stats = cached_generate(model, [prompts[i] for i in rows], task=task,
                                      stop=template.stop.stop_strings, do_sample=do_sample,
-                                     unique_words=True, favour=favoured, seed=seed + r,
-                                     **options)
+                                     unique_words=True, seed=seed + r, **options)
         for i, answer in zip(rows.tolist(), got, strict=True):
             answers[i] = template.stop.cut(answer)
         total.n_items += stats.n_items
@@ -108,12 +102,6 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
         batch_sizes.append(stats.batch_size)
     total.batch_size = min(batch_sizes)  # the smallest after any out-of-memory back-off
     return answers, total
-
-
-def keeps_genes_whole(model: ModelLike) -> bool:
-    """Whether ``model``'s tokenizer holds each gene symbol in one token (needed to favour or
-    forbid single genes while decoding; true of the demo models, not of Pythia's or Gemma's)."""
-    return whole_word_ids(resolve_model(model).tokenizer) is not None
 
 
 def replicate_index(drawn: np.ndarray) -> np.ndarray:
@@ -195,7 +183,6 @@ def predict_perturbation(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    input_gene_bias: float = 0.0,
     max_new_tokens: int | None = None,
     variant: str | int = "canonical",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -232,12 +219,6 @@ def predict_perturbation(
         Seeds the draw and the sampling (a cell drawn ``r`` times before uses ``seed + r``).
     do_sample, temperature, top_p
         Greedy by default (a repeated control then gives the same cell).
-    input_gene_bias
-        Added to the logits of the control cell's own genes at every decoding step (0: off).
-        A perturbed cell keeps most of its genes; a small model asked about a cell type it
-        never saw perturbed loses them to the types it saw, and a positive bias keeps them
-        while the model still orders the genes and adds the response's. Needs a tokenizer
-        that keeps each gene in one token (:func:`keeps_genes_whole`).
     max_new_tokens
         Default: the longest control sentence's tokens plus 8, capped by the context.
     variant
@@ -261,8 +242,7 @@ def predict_perturbation(
     ``adata.uns['c2s']['perturb']``
         Provenance (:func:`~c2s_engine.tasks.runtime.provenance`) with params perturbation,
         n_cells, n_controls, n_unique_controls, n_empty_controls_skipped, control_key,
-        control_value, do_sample, temperature, top_p, input_gene_bias, max_new_tokens,
-        variant.
+        control_value, do_sample, temperature, top_p, max_new_tokens, variant.
     ``adata.uns['c2s']['reverse']``
         The reverse-transform fit, when it was not there yet.
 
@@ -272,8 +252,7 @@ def predict_perturbation(
         The model's card does not list ``perturbation_response`` (unless allowed).
     ObsColumnError, TaskOptionError
         An unknown control column, a control value no cell has, conflicting selections,
-        an empty perturbation name, ``n == 0``, or an input-gene bias with a model whose
-        tokenizer splits genes into pieces.
+        an empty perturbation name or ``n == 0``.
     SentenceError
         No control cell with expressed genes, or unknown cells.
     """
@@ -283,11 +262,6 @@ def predict_perturbation(
     perturbation = perturbation.strip()
     loaded = resolve_model(model)
     supported = check_task(loaded, TASK, allow_unsupported=allow_unsupported)
-    if input_gene_bias and not keeps_genes_whole(loaded):
-        raise TaskOptionError(
-            f"{loaded.name}'s tokenizer splits gene symbols into pieces that other genes share, "
-            "so the control cell's genes cannot be favoured one by one",
-            "set the input-gene bias to 0 for this model")
     top_k = int(top_k or loaded.card.top_k)
     template = get_template(TASK, variant=variant)
 
@@ -311,9 +285,8 @@ def predict_perturbation(
     answers, stats = generate_rounds(
         loaded, prompts, replicate_index(drawn), task=TASK, template=template, seed=seed,
         do_sample=do_sample, temperature=temperature, top_p=top_p,
-        favour=[sentences[c] for c in drawn.tolist()] if input_gene_bias else None,
-        favour_bias=float(input_gene_bias), max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=progress, cancel=cancel, cache=cache)
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+        cancel=cancel, cache=cache)
 
     ours = ("c2s_generated", "c2s_perturbation", "c2s_control_cell", "cell_sentence")
     inherited = label_columns(adata, exclude=(*ours, *([control_key] if control_key else [])))
@@ -333,8 +306,7 @@ def predict_perturbation(
                 "control_key": control_key,
                 "control_value": None if control_value is None else str(control_value),
                 "do_sample": bool(do_sample), "temperature": float(temperature),
-                "top_p": float(top_p), "input_gene_bias": float(input_gene_bias),
-                "max_new_tokens": int(max_new_tokens),
+                "top_p": float(top_p), "max_new_tokens": int(max_new_tokens),
                 "variant": str(variant)})
     record(adata, "perturb", prov)
     record(out, "perturb", prov)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -163,8 +163,6 @@ def cached_generate(
     top_k: int = 0,
     no_repeat_ngram_size: int = 0,
     unique_words: bool = False,
-    favour: Mapping[str, str] | None = None,
-    favour_bias: float = 0.0,
     seed: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
@@ -174,10 +172,7 @@ def cached_generate(
     """Answers for ``prompts`` (input order), computing only prompts not in the cache.
 
     Sampled generation is cached too: the key holds the seed, so the same seed returns
-    the same answers and another seed computes new ones. ``favour`` maps each prompt to the
-    text whose words get ``favour_bias`` (see :func:`~c2s_engine.inference.generate`); the
-    cache key holds only the bias, so that text must follow from the prompt (as an input
-    cell's sentence written in its prompt does).
+    the same answers and another seed computes new ones.
     """
     params = {"max_new_tokens": max_new_tokens, "stop": list(stop or []), "do_sample": do_sample,
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed,
@@ -186,18 +181,14 @@ def cached_generate(
         params["no_repeat_ngram_size"] = no_repeat_ngram_size
     if unique_words:
         params["unique_words"] = True
-    if favour_bias:
-        params["favour_bias"] = favour_bias
     stats = CallStats(n_items=len(prompts), batch_size=batch_size)
 
     def compute(missing: list[str]) -> list[str]:
         result = generate(model, None, missing, max_new_tokens=max_new_tokens, stop=stop,
                           do_sample=do_sample, temperature=temperature, top_p=top_p,
                           top_k=top_k, no_repeat_ngram_size=no_repeat_ngram_size,
-                          unique_words=unique_words,
-                          favour=None if favour is None else [favour[p] for p in missing],
-                          favour_bias=favour_bias, seed=seed, batch_size=batch_size,
-                          progress=progress, cancel=cancel)
+                          unique_words=unique_words, seed=seed,
+                          batch_size=batch_size, progress=progress, cancel=cancel)
         stats.batch_size = result.batch_size
         return result.answers
 

@@ -314,8 +314,8 @@ def _shifted_controls(adata, control: np.ndarray, shift: pd.Series):
 def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
                           condition_key: str, control_value: str, names: Mapping[str, str],
                           perturbation: str | None, seed: int, batch_size: int,
-                          do_sample: bool = True, temperature: float = 1.0,
-                          input_gene_bias: float = 0.0) -> dict[str, Any]:
+                          do_sample: bool = True, temperature: float = 1.0
+                          ) -> dict[str, Any]:
     """MMD, scFID and Pearson r of the predicted response of the held-out perturbed cells.
 
     For each perturbed condition among the scored cells, the control cells of the same cell
@@ -326,7 +326,6 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
     baseline adds to the same controls the mean change (perturbed minus control) measured on
     the other, unscored cells. The perturbation is named ``perturbation`` in prompts, or else
     ``names[condition value]`` (the training config's ``perturbation_names``) or the value.
-    ``input_gene_bias`` is passed to :func:`~c2s_engine.tasks.perturb.predict_perturbation`.
     """
     from c2s_engine.metrics import mean_expression
     from c2s_engine.tasks.perturb import predict_perturbation
@@ -345,8 +344,7 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
         real, controls = adata[real_mask].copy(), adata[control].copy()
         word = perturbation or names.get(value, value)
         predicted = predict_perturbation(controls, word, model, seed=seed, batch_size=batch_size,
-                                         do_sample=do_sample, temperature=temperature,
-                                         input_gene_bias=input_gene_bias)
+                                         do_sample=do_sample, temperature=temperature)
         predicted.obs[label_key] = controls.obs[label_key].astype(str).to_numpy()
         real.obs[label_key] = real.obs[label_key].astype(str)
         train_pert = ~scored & (condition == value) & ~np.isin(labels, types)
@@ -363,9 +361,6 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
         raise C2SError(f"no scored cell is perturbed ({condition_key} != {control_value!r})",
                        "evaluate a model whose split held out perturbed cells, or --cells all")
     decoding = f"sampled, temperature {temperature:g}" if do_sample else "greedy"
-    bias = predicted.uns["c2s"]["perturb"]["params"]["input_gene_bias"]
-    if bias:
-        decoding += f", input-gene bias {bias:g}"
     return {"label_key": label_key, "condition_key": condition_key,
             "control_value": control_value, "decoding": decoding, "conditions": results}
 
