@@ -1,7 +1,8 @@
 """Choose the kang-perturbation model's decoding on a validation cell type, not on its test cells.
 
 The shipped model holds out the stimulated CD14+ monocytes; choosing its sampling temperature
-by its score on them would make that score optimistic. Instead a validation
+or contrastive guidance weight (``predict_perturbation(contrast_weight=...)``, against control
+cells of the other cell types) by its score on them would make that score optimistic. Instead a validation
 model (``configs/pretrain_kang_perturbation_validation.yaml``: the same recipe with the
 stimulated FCGR3A+ monocytes held out as well) is decoded with every setting of a grid, and
 scored on its held-out FCGR3A+ monocytes exactly as the shipped model is scored on CD14+
@@ -11,7 +12,8 @@ nor part of the baseline's mean shift: the shipped model's test cells play no pa
 
 Each setting is scored with several sampling seeds (their mean is used). The chosen setting
 has the smallest sum of its ranks over the four metrics (MMD, scFID, Wasserstein: lower is
-better; Pearson r of the mean change: higher is better); ties go to the temperature nearer 1.
+better; Pearson r of the mean change: higher is better); ties go to the temperature nearer 1,
+then to the smaller weight.
 The grid, every score (per seed too), the baseline and the choice go to
 ``benchmarks/results/kang_decoding_validation_temperature.json``. Compare the per-seed scores
 before taking a choice: a difference smaller than the spread between seeds is noise.
@@ -24,6 +26,10 @@ Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/tune_perturbation_decoding.py \\
         --model runs/pretrain_kang_val_fcgr3a
+    OMP_NUM_THREADS=2 python benchmarks/tune_perturbation_decoding.py \\
+        --model runs/pretrain_kang_val_fcgr3a --temperatures 1 \\
+        --contrast-weights 0 0.25 0.5 0.75 1 2 \\
+        --out benchmarks/results/kang_decoding_validation_contrast.json
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ def rank_sum(table: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def tune(model_dir: Path, data: Path, *, validate: list[str], exclude: list[str],
-         temperatures: list[float], seeds: list[int], batch_size: int) -> dict:
+         temperatures: list[float], weights: list[float], seeds: list[int],
+         batch_size: int) -> dict:
     import numpy as np
 
     from c2s_engine.models import load_model
@@ -74,15 +81,16 @@ def tune(model_dir: Path, data: Path, *, validate: list[str], exclude: list[str]
     names = record.config.get("data", {}).get("perturbation_names", {})
     model = load_model(str(model_dir))
 
+    settings = {(f"T{t:g}" + (f"_w{w:g}" if w else "")): {"temperature": t, "contrast_weight": w}
+                for t in temperatures for w in weights}
     table, per_seed, baseline, timings = {}, {}, None, {}
-    for temperature in temperatures:
-        name = f"T{temperature:g}"
+    for name, setting in settings.items():
         start = time.perf_counter()
         runs = []
         for seed in seeds:
             found = evaluate_perturbation(adata, scored, model, names=names, perturbation=None,
                                           seed=seed, batch_size=batch_size, do_sample=True,
-                                          temperature=temperature, **SETTINGS)
+                                          **setting, **SETTINGS)
             entry = found["conditions"][CONDITION]
             runs.append(headline(entry["model"]))
             baseline = headline(entry["baseline_mean_shift"])
@@ -92,13 +100,13 @@ def tune(model_dir: Path, data: Path, *, validate: list[str], exclude: list[str]
         print(name, {m: round(v, 3) for m, v in table[name].items()}, flush=True)
 
     ranks = rank_sum(table)
-    settings = {f"T{t:g}": {"temperature": t} for t in temperatures}
-    chosen = min(ranks, key=lambda n: (ranks[n], abs(settings[n]["temperature"] - 1.0)))
+    chosen = min(ranks, key=lambda n: (ranks[n], abs(settings[n]["temperature"] - 1.0),
+                                       settings[n]["contrast_weight"]))
     return json.loads(json.dumps({
         "model": str(model_dir), "data": str(data), **SETTINGS, "condition": CONDITION,
         "validation_cell_types": validate, "removed_stimulated_cell_types": exclude,
         "n_validation_cells": int(scored.sum()), "seeds": seeds,
-        "grid": {"temperature": temperatures},
+        "grid": {"temperature": temperatures, "contrast_weight": weights},
         "table": table, "rank_sum": ranks, "baseline_mean_shift": baseline,
         "chosen": {"name": chosen, **settings[chosen]}, "per_seed": per_seed,
         "timings_s": timings,
@@ -116,6 +124,9 @@ def main() -> None:
                              "shipped model's test cells)")
     parser.add_argument("--temperatures", nargs="+", type=float,
                         default=[0.7, 0.85, 1.0, 1.15])
+    parser.add_argument("--contrast-weights", nargs="+", type=float, default=[0.0],
+                        help="contrastive guidance weights (0: off) against controls of the "
+                             "other cell types")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"
@@ -128,7 +139,8 @@ def main() -> None:
     start = time.perf_counter()
     report.update(tune(Path(args.model), Path(args.data), validate=args.validate,
                        exclude=args.exclude, temperatures=args.temperatures,
-                       seeds=args.seeds, batch_size=args.batch_size))
+                       weights=args.contrast_weights, seeds=args.seeds,
+                       batch_size=args.batch_size))
     report["wall_s"] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_end"] = list(os.getloadavg())
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

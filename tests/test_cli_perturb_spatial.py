@@ -70,6 +70,18 @@ def test_perturb_writes_predicted_cells_from_the_controls(kang_h5ad, model_dir, 
         in capsys.readouterr().out
 
 
+def test_perturb_contrast_options_reach_the_prediction(kang_h5ad, model_dir, tmp_path):
+    out = tmp_path / "contrasted.h5ad"
+    assert run(["perturb", str(kang_h5ad), "--perturbation", "IFN-beta", "--control-from",
+                "condition", "--control", "control", "--contrast-weight", "0.75",
+                "--contrast-by", "cell_type", "--model", str(model_dir), "--max-new-tokens",
+                "4", "--out", str(out), "--quiet"]) == 0
+    params = anndata.read_h5ad(out).uns["c2s"]["perturb"]["params"]
+    source = anndata.read_h5ad(kang_h5ad)
+    assert params["contrast_weight"] == 0.75 and params["contrast_key"] == "cell_type"
+    assert params["n_contrast_cells"] == (source.obs["condition"] == "control").sum()
+
+
 def test_perturb_control_options_go_together(kang_h5ad, model_dir, tmp_path):
     with pytest.raises(TaskOptionError, match="--control-from and --control go together"):
         run(["perturb", str(kang_h5ad), "--perturbation", "IFN-beta", "--control-from",

@@ -193,3 +193,11 @@ def test_evaluate_perturbation_with_the_mean_shift_baseline(tmp_path, build_chec
     # The baseline does not depend on how the model decodes.
     assert (greedy["conditions"]["stim"]["baseline_mean_shift"]["summary"]
             == entry["baseline_mean_shift"]["summary"])
+    contrasted = train_commands.evaluate_perturbation(
+        adata, scored, model, label_key="bulk_labels", condition_key="condition",
+        control_value="ctrl", names={"stim": "IFN-beta"}, perturbation=None, seed=0,
+        batch_size=16, contrast_weight=0.75)
+    assert contrasted["decoding"] == ("sampled, temperature 1, contrast weight 0.75 against "
+                                      "other bulk_labels controls")
+    assert (contrasted["conditions"]["stim"]["baseline_mean_shift"]["summary"]
+            == entry["baseline_mean_shift"]["summary"])

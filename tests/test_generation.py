@@ -226,3 +226,78 @@ def test_whole_word_ids_only_for_tokenizers_that_keep_words_whole():
     assert any(t.startswith("##") for t in piece.get_vocab())
     # Byte-pair tokenizers split genes into pieces that other genes share: no guard.
     assert whole_word_ids(train_tiny_tokenizer([" ".join(genes)], model="bpe")) is None
+
+
+def _last_log_probs(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+
+
+def test_contrastive_guidance_is_own_plus_weight_times_own_minus_other(tiny):
+    """c + w (c - n) at every step, for left-padded rows, from the processor's own KV cache."""
+    from c2s_engine.inference.batching import pad_batch
+    from c2s_engine.inference.generation import ContrastivePromptGuidance
+
+    model, tok = tiny
+    tok.pad_token = tok.pad_token or tok.eos_token
+    own_ids = tok([PROMPTS[0], PROMPTS[2]])["input_ids"]
+    other_ids = tok([PROMPTS[4], PROMPTS[1]])["input_ids"]
+    own = pad_batch(tok, own_ids, "left", model.device)
+    other = pad_batch(tok, other_ids, "left", model.device)
+    guide = ContrastivePromptGuidance(model, other, own["input_ids"].shape[1], weight=0.75)
+    continuation = tok(" CD74 B2M", add_special_tokens=False)["input_ids"]
+    ids = own["input_ids"]
+    for step in range(len(continuation) + 1):
+        if step:
+            ids = torch.cat([ids, torch.tensor([[continuation[step - 1]]] * 2)], dim=1)
+        new = continuation[:step]
+        scores = torch.stack([_last_log_probs(model, x + new) for x in own_ids])
+        got = guide(ids, scores.clone())
+        for row in range(2):
+            c, n = scores[row], _last_log_probs(model, other_ids[row] + new)
+            torch.testing.assert_close(got[row], c + 0.75 * (c - n), atol=2e-4, rtol=1e-4)
+
+
+def test_contrastive_guidance_keeps_forbidden_tokens_forbidden_and_weight_0_changes_nothing(tiny):
+    from c2s_engine.inference.batching import pad_batch
+    from c2s_engine.inference.generation import ContrastivePromptGuidance
+
+    model, tok = tiny
+    other = pad_batch(tok, tok([PROMPTS[4]])["input_ids"], "left", model.device)
+    ids = tok([PROMPTS[0]], return_tensors="pt")["input_ids"]
+    scores = torch.log_softmax(torch.randn(1, model.config.vocab_size), dim=-1)
+    scores[0, 5] = -float("inf")
+    got = ContrastivePromptGuidance(model, other, ids.shape[1], weight=2.0)(ids, scores.clone())
+    assert torch.isneginf(got[0, 5]) and not torch.isnan(got).any()
+    unguided = ContrastivePromptGuidance(model, other, ids.shape[1], weight=0.0)(ids, scores.clone())
+    # The same distribution (log-probabilities are renormalised once a token is forbidden).
+    torch.testing.assert_close(unguided, torch.log_softmax(scores, dim=-1))
+    # Through generate: weight 0 (or no contrasting prompts) gives the plain answers.
+    plain = generate(model, tok, PROMPTS, max_new_tokens=4, stop=None)
+    weight0 = generate(model, tok, PROMPTS, max_new_tokens=4, stop=None,
+                       contrast_prompts=PROMPTS[::-1], contrast_weight=0.0)
+    assert weight0.completions == plain.completions
+    with pytest.raises(ValueError, match="2 contrasting prompts for 5 prompts"):
+        generate(model, tok, PROMPTS, max_new_tokens=2, contrast_prompts=PROMPTS[:2],
+                 contrast_weight=1.0)
+
+
+def test_contrastive_guidance_changes_greedy_answers_as_computed(tiny):
+    from itertools import permutations
+
+    model, tok = tiny
+    # A pair of prompts where the contrast decides the next token.
+    for own, other in permutations(PROMPTS, 2):
+        c = _last_log_probs(model, tok(own)["input_ids"])
+        n = _last_log_probs(model, tok(other)["input_ids"])
+        guided = int(torch.argmax(c + 8.0 * (c - n)))
+        if guided != int(torch.argmax(c)):
+            break
+    else:
+        pytest.fail("the contrast decided no next token")
+    plain = generate(model, tok, [own], max_new_tokens=1, stop=None)
+    out = generate(model, tok, [own], max_new_tokens=1, stop=None, contrast_prompts=[other],
+                   contrast_weight=8.0)
+    assert plain.completions[0] == tok.decode([int(torch.argmax(c))], skip_special_tokens=True)
+    assert out.completions[0] == tok.decode([guided], skip_special_tokens=True)
+    assert out.completions != plain.completions

@@ -13,11 +13,12 @@ from c2s_engine.models import load_model
 from c2s_engine.reverse import reconstruct
 from c2s_engine.tasks.perturb import (
     answer_tokens,
+    contrasting_sentences,
     label_columns,
     predict_perturbation,
     replicate_index,
 )
-from c2s_engine.tasks.runtime import TaskNotSupportedError, TaskNotSupportedWarning
+from c2s_engine.tasks.runtime import TaskNotSupportedError, TaskNotSupportedWarning, cell_sentences
 from c2s_engine.validation import prepare
 
 pytest_plugins = ["tiny_checkpoints"]
@@ -168,3 +169,55 @@ def test_bad_control_selection_is_explained(model, kang):
                              control_value="ctrl")
     with pytest.raises(TaskOptionError, match="perturbation name is empty"):
         predict_perturbation(kang, "  ", model)
+
+
+def test_contrasting_cells_are_of_another_cell_type_and_follow_the_seed(kang):
+    is_control = (kang.obs["condition"] == "control").to_numpy()
+    drawn = np.flatnonzero(is_control)
+    types = kang.obs["cell_type"].astype(str).to_numpy()
+    type_of = {}
+    for position, sentence in zip(drawn, cell_sentences(kang, 12, drawn), strict=True):
+        type_of.setdefault(sentence, set()).add(types[position])
+    got, n_pool = contrasting_sentences(kang, drawn, is_control, "cell_type", 12, seed=3)
+    assert n_pool == is_control.sum() and len(got) == drawn.size
+    for position, sentence in zip(drawn, got, strict=True):
+        assert types[position] not in type_of[sentence]
+    assert contrasting_sentences(kang, drawn, is_control, "cell_type", 12, seed=3)[0] == got
+    others = [contrasting_sentences(kang, drawn, is_control, "cell_type", 12, seed=s)[0]
+              for s in range(4, 8)]
+    assert any(o != got for o in others)
+    # Without a key any contrasting cell may come; an AnnData of cells works as well.
+    pool = kang[is_control].copy()
+    unkeyed, n_cells = contrasting_sentences(kang, drawn, pool, None, 12, seed=3)
+    assert n_cells == pool.n_obs and set(unkeyed) <= set(type_of)
+
+
+def test_a_contrast_without_another_cell_type_is_explained(kang):
+    monocytes = np.flatnonzero(((kang.obs["condition"] == "control")
+                                & (kang.obs["cell_type"] == "CD14+Mono")).to_numpy())
+    with pytest.raises(TaskOptionError, match="no contrasting cell has a cell_type other than "
+                                              "'CD14\\+Mono'"):
+        contrasting_sentences(kang, monocytes, monocytes, "cell_type", 12, seed=0)
+    with pytest.raises(ObsColumnError, match="no obs column 'lineage' to contrast by"):
+        contrasting_sentences(kang, monocytes, None, "lineage", 12, seed=0)
+    with pytest.raises(TaskOptionError, match="contrast_weight -1 is negative"):
+        predict_perturbation(kang, "IFN-beta", "demo", contrast_weight=-1)
+
+
+def test_contrastive_guidance_is_recorded_and_cached_apart_from_plain_answers(model, kang):
+    controls = (kang.obs["condition"] == "control").to_numpy()
+    kwargs = {"cells": controls, "max_new_tokens": 6, "seed": 2}
+    plain = predict_perturbation(kang, "IFN-beta", model, **kwargs)
+    guided = predict_perturbation(kang, "IFN-beta", model, contrast_weight=4.0,
+                                  contrast_key="cell_type", **kwargs)
+    params = guided.uns["c2s"]["perturb"]["params"]
+    assert params["contrast_weight"] == 4.0 and params["contrast_key"] == "cell_type"
+    assert params["n_contrast_cells"] == controls.sum()
+    assert guided.uns["c2s"]["perturb"]["calls"]["n_cached"] == 0  # not the plain answers
+    assert guided.obs["cell_sentence"].tolist() != plain.obs["cell_sentence"].tolist()
+    again = predict_perturbation(kang, "IFN-beta", model, contrast_weight=4.0,
+                                 contrast_key="cell_type", **kwargs)
+    assert again.uns["c2s"]["perturb"]["calls"]["n_cached"] == controls.sum()
+    assert again.obs["cell_sentence"].tolist() == guided.obs["cell_sentence"].tolist()
+    assert plain.uns["c2s"]["perturb"]["params"]["contrast_weight"] == 0.0
+    assert plain.uns["c2s"]["perturb"]["params"]["n_contrast_cells"] == 0

@@ -164,6 +164,21 @@ def test_prediction_shows_metrics_changes_programs_map_and_downloads(webapp, con
     assert [c.key for c in again.get("plotly_chart")] == ["c2s_pt_umap"]
 
 
+def test_contrast_with_another_cell_type_reaches_the_prediction(webapp, conditions):
+    at = webapp.open(PAGE, dataset=conditions)
+    assert at.number_input(key="c2s_pt_contrast_weight").disabled  # off until a column is chosen
+    at.text_input(key="c2s_pt_text").set_value("IFN-beta")
+    at.number_input(key="c2s_pt_n").set_value(4)
+    at.selectbox(key="c2s_pt_contrast_by").set_value("bulk_labels").run()
+    assert at.number_input(key="c2s_pt_contrast_weight").value == 0.75
+    at.button(key="c2s_pt_run").click().run()
+    _finish_job(at)
+    params = at.session_state[state.DATASET_KEY].adata.uns["c2s"]["perturb"]["params"]
+    assert params["contrast_weight"] == 0.75 and params["contrast_key"] == "bulk_labels"
+    assert params["n_contrast_cells"] == 16  # every control cell
+    assert params["n_cells"] == 4
+
+
 def test_results_of_an_earlier_dataset_are_not_shown(webapp, conditions, tmp_path):
     predicted = ad.AnnData(np.zeros((2, 3), np.float32))
     predicted.uns["c2s"] = {"perturb": {"time": "2026-01-01T00:00:00+00:00"}}

@@ -260,7 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             condition_key=_setting(args, training, "condition_key", "--condition-key"),
             control_value=_setting(args, training, "control_value", "--control-value"),
             names=names, perturbation=args.perturbation, seed=args.seed, batch_size=args.batch_size,
-            do_sample=not args.greedy, temperature=args.temperature)
+            do_sample=not args.greedy, temperature=args.temperature,
+            contrast_weight=args.contrast_weight)
         summary = "; ".join(f"{v}: MMD {e['model']['summary']['mmd']:.3g}, Pearson r "
                             f"{e['model']['pearson_delta']:.3f}"
                             for v, e in metrics["conditions"].items())
@@ -313,6 +314,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--greedy", action="store_true", help="perturb: greedy answers instead of "
                    "sampled ones (generated populations are compared, so sampling is the default)")
     p.add_argument("--temperature", type=float, default=1.0, help="perturb: sampling temperature")
+    p.add_argument("--contrast-weight", type=float, default=0.0, metavar="W",
+                   help="perturb: contrastive guidance against controls of the other cell types "
+                        "(0: off)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and halves")
     p.add_argument("--out", default=None, help="evaluation record path (.json; default: "

@@ -164,6 +164,48 @@ class NoRepeatedWordInAnswer(LogitsProcessor):
         return scores.masked_fill(seen & self._guarded, -float("inf"))
 
 
+class ContrastivePromptGuidance(LogitsProcessor):
+    """Sharpen what an answer owes to its own prompt against a contrasting prompt.
+
+    ``scores = c + w * (c - n)``: ``c`` are the log-probabilities given the row's prompt,
+    ``n`` those given its contrasting prompt (the same text with another input, e.g. a
+    control cell of another cell type), both continued with the tokens generated so far.
+    Tokens both prompts predict alike (a response shared by all inputs) keep their
+    log-probability; tokens the own prompt makes likelier (what is particular to its input)
+    gain, the others lose. ``w = 0`` changes nothing. It is classifier-free guidance with
+    another input in place of no input, which a model trained on filled prompts never saw.
+    The contrasting prompts run through the model beside the batch, with their own KV cache,
+    so decoding costs about twice as much.
+    """
+
+    def __init__(self, model, contrast: dict[str, torch.Tensor], prompt_len: int,
+                 weight: float) -> None:
+        self.model = model
+        self.ids = contrast["input_ids"]
+        self.mask = contrast["attention_mask"]
+        self.prompt_len = prompt_len
+        self.weight = float(weight)
+        self.past = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        new = input_ids[:, self.prompt_len:]
+        if self.past is None:  # the first step reads the whole contrasting prompt
+            step = torch.cat([self.ids, new], dim=1)
+            self.mask = torch.cat([self.mask, torch.ones_like(new)], dim=1)
+        else:
+            step = new[:, -1:]
+            self.mask = torch.cat([self.mask, torch.ones_like(step)], dim=1)
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
+        out = self.model(input_ids=step, attention_mask=self.mask, position_ids=positions,
+                         past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        own = torch.log_softmax(scores.float(), dim=-1)
+        other = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        guided = own + self.weight * (own - other)
+        # A token a guard forbade stays forbidden (-inf - -inf would give nan).
+        return guided.masked_fill(torch.isneginf(own), -float("inf")).to(scores.dtype)
+
+
 def whole_word_ids(tokenizer) -> list[int] | None:
     """Ids of the vocabulary's whole-word tokens, or None when words span several tokens.
 
@@ -204,6 +246,8 @@ def generate(
     no_repeat_ngram_size: int = 0,
     unique_words: bool = False,
     seed: int | None = None,
+    contrast_prompts: Sequence[str] | None = None,
+    contrast_weight: float = 0.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
@@ -234,6 +278,9 @@ def generate(
         No whole-word token twice in an answer (:class:`NoRepeatedWordInAnswer`): for cell
         sentences, which name each gene once. Applies to tokenizers that keep words whole
         (:func:`whole_word_ids`); with others the repeats are left to the reverse transform.
+    contrast_prompts, contrast_weight
+        One contrasting prompt per prompt and the guidance weight ``w``
+        (:class:`ContrastivePromptGuidance`); off when either is unset or 0.
     seed
         Seeds torch's global generator (``transformers.set_seed``) before the first batch,
         so a sampled call is reproducible for the same prompts, batch size and device.
@@ -258,6 +305,10 @@ def generate(
     ids = tokenize(tokenizer, prompts)
     eos = _eos_ids(model, tokenizer)
     words = whole_word_ids(tokenizer) if unique_words else None
+    if contrast_prompts is not None and len(contrast_prompts) != len(prompts):
+        raise ValueError(f"{len(contrast_prompts)} contrasting prompts for {len(prompts)} prompts")
+    contrast = (tokenize(tokenizer, contrast_prompts)
+                if contrast_prompts is not None and contrast_weight else None)
     options: dict = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "use_cache": True,
                      "pad_token_id": tokenizer.pad_token_id, "eos_token_id": eos}
     if do_sample:
@@ -272,6 +323,9 @@ def generate(
         guards: list[LogitsProcessor] = (
             [NoRepeatNGramInAnswer(no_repeat_ngram_size, prompt_len)]
             if no_repeat_ngram_size > 0 else [])
+        if contrast is not None:
+            other = pad_batch(tokenizer, [contrast[i] for i in indices], "left", model.device)
+            guards.insert(0, ContrastivePromptGuidance(model, other, prompt_len, contrast_weight))
         if words:
             guards.append(NoRepeatedWordInAnswer(words, prompt_len))
         with torch.inference_mode():

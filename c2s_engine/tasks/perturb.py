@@ -75,7 +75,8 @@ def default_answer_tokens(model, cells: Sequence[str]) -> int:
 
 
 def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, task: str,
-                    template, seed: int, do_sample: bool, **options: Any
+                    template, seed: int, do_sample: bool,
+                    contrast_prompts: Sequence[str] | None = None, **options: Any
                     ) -> tuple[list[str], CallStats]:
     """Answers for prompts of which some repeat (the same cell drawn several times).
 
@@ -83,7 +84,8 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
     round ``r`` with seed ``seed + r``: sampled repeats differ and every round is
     reproducible. Greedy decoding has no use for rounds (repeats would be identical).
     An answer names each gene once (``unique_words``, where the tokenizer keeps genes whole).
-    Answers are cut with the template's stop rule.
+    Answers are cut with the template's stop rule. ``contrast_prompts`` (one per prompt) go
+    with ``contrast_weight`` in ``options`` to :func:`~c2s_engine.tasks.runtime.cached_generate`.
     """
     replicate = np.asarray(replicate if do_sample else np.zeros(len(prompts), int))
     answers: list[str] = [""] * len(prompts)
@@ -91,9 +93,11 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
     batch_sizes = []
     for r in np.unique(replicate).tolist():
         rows = np.flatnonzero(replicate == r)
+        contrast = None if contrast_prompts is None else [contrast_prompts[i] for i in rows]
         got, stats = cached_generate(model, [prompts[i] for i in rows], task=task,
                                      stop=template.stop.stop_strings, do_sample=do_sample,
-                                     unique_words=True, seed=seed + r, **options)
+                                     unique_words=True, seed=seed + r,
+                                     contrast_prompts=contrast, **options)
         for i, answer in zip(rows.tolist(), got, strict=True):
             answers[i] = template.stop.cut(answer)
         total.n_items += stats.n_items
@@ -169,6 +173,45 @@ def _controls(adata: AnnData, cells: Any, control_key: str | None,
     return np.flatnonzero(mask)
 
 
+def contrasting_sentences(adata: AnnData, drawn: np.ndarray, contrast: Any,
+                          contrast_key: str | None, top_k: int, seed: int
+                          ) -> tuple[list[str], int]:
+    """One contrasting input sentence per drawn control (see :func:`predict_perturbation`),
+    and the number of cells they were drawn from.
+
+    ``contrast`` is an AnnData or a selection of ``adata``'s cells; with ``contrast_key`` a
+    control gets a cell of another value of that column. Drawn with ``seed``, apart from the
+    draw of the controls.
+    """
+    pool_data = contrast if isinstance(contrast, AnnData) else adata
+    pool = (np.arange(pool_data.n_obs) if isinstance(contrast, AnnData)
+            else cell_positions(adata, contrast))
+    sentences = np.asarray(cell_sentences(pool_data, top_k, pool), dtype=object)
+    usable = np.flatnonzero([bool(s) for s in sentences])
+    if usable.size == 0:
+        raise SentenceError("no contrasting cell has an expressed gene",
+                            "choose contrasting cells with nonzero expression")
+    rng = np.random.default_rng([seed, 1])
+    if contrast_key is None:
+        return sentences[rng.choice(usable, size=drawn.size)].tolist(), int(pool.size)
+    for data, what in ((adata, "the data"), (pool_data, "the contrasting cells")):
+        if contrast_key not in data.obs:
+            raise ObsColumnError(f"{what} have no obs column {contrast_key!r} to contrast by",
+                                 "name a column both hold, e.g. the cell type")
+    own = adata.obs[contrast_key].astype(str).to_numpy()[drawn]
+    values = pool_data.obs[contrast_key].astype(str).to_numpy()[pool][usable]
+    chosen = np.empty(drawn.size, dtype=np.int64)
+    for value in np.unique(own).tolist():
+        rows = own == value
+        candidates = usable[values != value]
+        if candidates.size == 0:
+            raise TaskOptionError(
+                f"no contrasting cell has a {contrast_key} other than {value!r}",
+                f"add cells of another {contrast_key} to the contrast, or contrast without a key")
+        chosen[rows] = rng.choice(candidates, size=int(rows.sum()))
+    return sentences[chosen].tolist(), int(pool.size)
+
+
 def predict_perturbation(
     adata: AnnData,
     perturbation: str,
@@ -185,6 +228,9 @@ def predict_perturbation(
     top_p: float = 1.0,
     max_new_tokens: int | None = None,
     variant: str | int = "canonical",
+    contrast_weight: float = 0.0,
+    contrast: Any = None,
+    contrast_key: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
@@ -223,6 +269,19 @@ def predict_perturbation(
         Default: the longest control sentence's tokens plus 8, capped by the context.
     variant
         Prompt wording (``'canonical'`` or a paraphrase number).
+    contrast_weight, contrast, contrast_key
+        Contrastive guidance, off at weight 0. Each answer is decoded with
+        ``c + w * (c - n)``: ``c`` the model's log-probabilities for the prompt, ``n`` those
+        for the same prompt holding another cell's sentence
+        (:class:`~c2s_engine.inference.generation.ContrastivePromptGuidance`). What every
+        input gets alike (a response shared by all cell types) is left as it is, and what is
+        particular to this control (its cell type's genes) is sharpened, so fewer predictions
+        drift towards the cell types the model saw perturbed. ``contrast`` gives the
+        contrasting cells: an AnnData (e.g. control cells of other cell types), or cells of
+        ``adata`` (names, positions or mask; default: the control cells). With
+        ``contrast_key`` (an obs column, e.g. the cell type) a control is contrasted only
+        with cells of another value. One contrasting cell is drawn per prediction with
+        ``seed``. Decoding takes about twice as long.
     batch_size, progress, cancel, cache, allow_unsupported
         As for every task (see :mod:`c2s_engine.tasks.runtime`).
 
@@ -242,7 +301,8 @@ def predict_perturbation(
     ``adata.uns['c2s']['perturb']``
         Provenance (:func:`~c2s_engine.tasks.runtime.provenance`) with params perturbation,
         n_cells, n_controls, n_unique_controls, n_empty_controls_skipped, control_key,
-        control_value, do_sample, temperature, top_p, max_new_tokens, variant.
+        control_value, do_sample, temperature, top_p, max_new_tokens, variant,
+        contrast_weight, contrast_key, n_contrast_cells.
     ``adata.uns['c2s']['reverse']``
         The reverse-transform fit, when it was not there yet.
 
@@ -260,6 +320,9 @@ def predict_perturbation(
         raise TaskOptionError("the perturbation name is empty",
                               "name the perturbation, e.g. perturbation='IFN-beta'")
     perturbation = perturbation.strip()
+    if not contrast_weight >= 0:
+        raise TaskOptionError(f"contrast_weight {contrast_weight} is negative",
+                              "use 0 (no contrast) or a positive weight, e.g. 0.75")
     loaded = resolve_model(model)
     supported = check_task(loaded, TASK, allow_unsupported=allow_unsupported)
     top_k = int(top_k or loaded.card.top_k)
@@ -276,15 +339,23 @@ def predict_perturbation(
     if drawn.size == 0:
         raise TaskOptionError("n is 0: no cell to predict", "pass n >= 1")
 
-    prompts = [template.format_prompt(num_genes=len(sentences[c].split()),
+    def prompt(sentence: str) -> str:
+        return template.format_prompt(num_genes=len(sentence.split()),
                                       perturbation_name=perturbation,
-                                      control_cell_sentence=sentences[c])
-               for c in drawn.tolist()]
-    max_new_tokens = answer_tokens(loaded, prompts, [sentences[c] for c in drawn.tolist()],
-                                   max_new_tokens)
+                                      control_cell_sentence=sentence)
+
+    prompts = [prompt(sentences[c]) for c in drawn.tolist()]
+    contrast_prompts, n_contrast = None, 0
+    if contrast_weight:
+        inputs, n_contrast = contrasting_sentences(
+            adata, drawn, controls if contrast is None else contrast, contrast_key, top_k, seed)
+        contrast_prompts = [prompt(s) for s in inputs]
+    max_new_tokens = answer_tokens(loaded, [*prompts, *(contrast_prompts or [])],
+                                   [sentences[c] for c in drawn.tolist()], max_new_tokens)
     answers, stats = generate_rounds(
         loaded, prompts, replicate_index(drawn), task=TASK, template=template, seed=seed,
         do_sample=do_sample, temperature=temperature, top_p=top_p,
+        contrast_prompts=contrast_prompts, contrast_weight=float(contrast_weight),
         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
         cancel=cancel, cache=cache)
 
@@ -307,7 +378,9 @@ def predict_perturbation(
                 "control_value": None if control_value is None else str(control_value),
                 "do_sample": bool(do_sample), "temperature": float(temperature),
                 "top_p": float(top_p), "max_new_tokens": int(max_new_tokens),
-                "variant": str(variant)})
+                "variant": str(variant), "contrast_weight": float(contrast_weight),
+                "contrast_key": contrast_key if contrast_weight else None,
+                "n_contrast_cells": n_contrast})
     record(adata, "perturb", prov)
     record(out, "perturb", prov)
     return out

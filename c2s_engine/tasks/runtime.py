@@ -150,6 +150,10 @@ class CallStats:
                 "items_per_s": round(self.items_per_s, 2), **self.extra}
 
 
+#: Joins a prompt and its contrasting prompt into one cache item (no template holds it).
+_PAIR = "\x1f"
+
+
 def cached_generate(
     model: LoadedModel,
     prompts: Sequence[str],
@@ -164,6 +168,8 @@ def cached_generate(
     no_repeat_ngram_size: int = 0,
     unique_words: bool = False,
     seed: int | None = None,
+    contrast_prompts: Sequence[str] | None = None,
+    contrast_weight: float = 0.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
@@ -172,8 +178,14 @@ def cached_generate(
     """Answers for ``prompts`` (input order), computing only prompts not in the cache.
 
     Sampled generation is cached too: the key holds the seed, so the same seed returns
-    the same answers and another seed computes new ones.
+    the same answers and another seed computes new ones. With contrastive guidance
+    (``contrast_prompts``, ``contrast_weight``; see
+    :class:`~c2s_engine.inference.generation.ContrastivePromptGuidance`) a cache item is the
+    pair of a prompt and its contrasting prompt.
     """
+    contrast = list(contrast_prompts) if contrast_prompts is not None and contrast_weight else None
+    if contrast is not None and len(contrast) != len(prompts):
+        raise ValueError(f"{len(contrast)} contrasting prompts for {len(prompts)} prompts")
     params = {"max_new_tokens": max_new_tokens, "stop": list(stop or []), "do_sample": do_sample,
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed,
               "precision": model.precision}
@@ -181,13 +193,21 @@ def cached_generate(
         params["no_repeat_ngram_size"] = no_repeat_ngram_size
     if unique_words:
         params["unique_words"] = True
+    items = list(prompts)
+    if contrast is not None:
+        params["contrast_weight"] = float(contrast_weight)
+        items = [f"{p}{_PAIR}{c}" for p, c in zip(prompts, contrast, strict=True)]
     stats = CallStats(n_items=len(prompts), batch_size=batch_size)
 
     def compute(missing: list[str]) -> list[str]:
-        result = generate(model, None, missing, max_new_tokens=max_new_tokens, stop=stop,
+        pairs = [m.split(_PAIR) for m in missing] if contrast is not None else None
+        result = generate(model, None, [p[0] for p in pairs] if pairs else missing,
+                          max_new_tokens=max_new_tokens, stop=stop,
                           do_sample=do_sample, temperature=temperature, top_p=top_p,
                           top_k=top_k, no_repeat_ngram_size=no_repeat_ngram_size,
                           unique_words=unique_words, seed=seed,
+                          contrast_prompts=[p[1] for p in pairs] if pairs else None,
+                          contrast_weight=contrast_weight,
                           batch_size=batch_size, progress=progress, cancel=cancel)
         stats.batch_size = result.batch_size
         return result.answers
@@ -195,10 +215,10 @@ def cached_generate(
     start = time.perf_counter()
     store = result_cache(cache)
     if store is None:
-        answers = compute(list(prompts))
+        answers = compute(items)
     else:
         key = call_key(model.name, model.revision, f"generate:{task}", params)
-        answers, stats.n_cached = store.map(key, list(prompts), compute)
+        answers, stats.n_cached = store.map(key, items, compute)
     stats.seconds = time.perf_counter() - start
     return [str(a) for a in answers], stats
 

@@ -314,8 +314,8 @@ def _shifted_controls(adata, control: np.ndarray, shift: pd.Series):
 def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
                           condition_key: str, control_value: str, names: Mapping[str, str],
                           perturbation: str | None, seed: int, batch_size: int,
-                          do_sample: bool = True, temperature: float = 1.0
-                          ) -> dict[str, Any]:
+                          do_sample: bool = True, temperature: float = 1.0,
+                          contrast_weight: float = 0.0) -> dict[str, Any]:
     """MMD, scFID and Pearson r of the predicted response of the held-out perturbed cells.
 
     For each perturbed condition among the scored cells, the control cells of the same cell
@@ -326,6 +326,8 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
     baseline adds to the same controls the mean change (perturbed minus control) measured on
     the other, unscored cells. The perturbation is named ``perturbation`` in prompts, or else
     ``names[condition value]`` (the training config's ``perturbation_names``) or the value.
+    With ``contrast_weight`` the answers are guided against the same prompts holding control
+    cells of the other, unscored cell types (``predict_perturbation(contrast=...)``).
     """
     from c2s_engine.metrics import mean_expression
     from c2s_engine.tasks.perturb import predict_perturbation
@@ -343,17 +345,20 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
                            f"cell types {types}", "evaluate on data holding their controls")
         real, controls = adata[real_mask].copy(), adata[control].copy()
         word = perturbation or names.get(value, value)
-        predicted = predict_perturbation(controls, word, model, seed=seed, batch_size=batch_size,
-                                         do_sample=do_sample, temperature=temperature)
+        others = ~scored & is_control & ~np.isin(labels, types)
+        predicted = predict_perturbation(
+            controls, word, model, seed=seed, batch_size=batch_size, do_sample=do_sample,
+            temperature=temperature, contrast_weight=contrast_weight,
+            contrast=adata[others].copy() if contrast_weight else None,
+            contrast_key=label_key if contrast_weight else None)
         predicted.obs[label_key] = controls.obs[label_key].astype(str).to_numpy()
         real.obs[label_key] = real.obs[label_key].astype(str)
         train_pert = ~scored & (condition == value) & ~np.isin(labels, types)
-        train_ctrl = ~scored & is_control & ~np.isin(labels, types)
         entry: dict[str, Any] = {"perturbation": word, "cell_types": types,
                                  "n_real": int(real_mask.sum()), "n_controls": int(control.sum())}
         entry["model"] = _response_metrics(real, controls, predicted, label_key)
-        if train_pert.any() and train_ctrl.any():
-            shift = mean_expression(adata[train_pert]) - mean_expression(adata[train_ctrl])
+        if train_pert.any() and others.any():
+            shift = mean_expression(adata[train_pert]) - mean_expression(adata[others])
             baseline = _shifted_controls(adata, control, shift)
             entry["baseline_mean_shift"] = _response_metrics(real, controls, baseline, label_key)
         results[value] = entry
@@ -361,6 +366,8 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
         raise C2SError(f"no scored cell is perturbed ({condition_key} != {control_value!r})",
                        "evaluate a model whose split held out perturbed cells, or --cells all")
     decoding = f"sampled, temperature {temperature:g}" if do_sample else "greedy"
+    if contrast_weight:
+        decoding += f", contrast weight {contrast_weight:g} against other {label_key} controls"
     return {"label_key": label_key, "condition_key": condition_key,
             "control_value": control_value, "decoding": decoding, "conditions": results}
 
