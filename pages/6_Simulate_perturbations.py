@@ -190,6 +190,7 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
         n_cells = st.number_input(
             "Cells to predict", 1, 5000, int(min(DEFAULT_CELLS, max(1, control_mask.sum()))),
             key="c2s_pt_n", help="Drawn from the controls (with repeats when more are asked).")
+    recommended = loaded.card.decoding(TASK)
     with st.expander("Advanced"):
         a, b, c = st.columns(3)
         top_k = a.number_input("Genes per cell sentence", 1, 2000, int(loaded.card.top_k),
@@ -199,7 +200,9 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
         # Sampled answers keep a population's spread (greedy ones collapse each cell type
         # towards one sentence), so they are the default for a UMAP next to real cells.
         sample = a.checkbox("Sample (varied cells) instead of greedy", True, key="c2s_pt_sample")
-        temperature = b.number_input("Temperature", 0.05, 5.0, 1.0, key="c2s_pt_temperature",
+        temperature = b.number_input("Temperature", 0.05, 5.0,
+                                     float(recommended.get("temperature", 1.0)),
+                                     key="c2s_pt_temperature",
                                      disabled=not sample)
         per_options = [NONE, *(name for name in columns if name != condition)]
         per = c.selectbox("Compare per", per_options, key="c2s_pt_per",
@@ -213,10 +216,11 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
                  "the cell's own type is kept, so fewer predictions drift towards the cell "
                  "types the model saw perturbed. Prediction takes about twice as long.")
         contrast_weight = b.number_input(
-            "Contrast weight", 0.0, 5.0, 0.75, step=0.25, key="c2s_pt_contrast_weight",
-            disabled=contrast_by == NONE,
-            help="0 turns it off. 0.75 was best for the kang-perturbation model, chosen on a "
-                 "cell type held out for validation.")
+            "Contrast weight", 0.0, 5.0, float(recommended.get("contrast_weight", 0.75)),
+            step=0.25, key="c2s_pt_contrast_weight", disabled=contrast_by == NONE,
+            help="0 turns it off. The default is the model card's recommendation where it "
+                 "gives one (kang-perturbation's was chosen on a cell type held out for "
+                 "validation).")
     if not st.button("Predict perturbed cells", type="primary", disabled=running,
                      key="c2s_pt_run", icon=":material/play_arrow:"):
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -63,6 +64,23 @@ def test_supports():
     spatial = ModelCard.from_dict({"tasks": ["spatial_*"]}, defaults=gemma)
     assert spatial.supports("spatial_niche_label_prediction")
     assert not spatial.supports("cell_type_prediction")
+
+
+def test_recommended_decoding_comes_from_the_training_record():
+    gemma = get_card("vandijklab/C2S-Scale-Gemma-2-2B")
+    assert gemma.decoding("perturbation_response") == {}  # released cards recommend nothing
+    tuned = {"temperature": 0.6, "contrast_weight": 1.0}
+    card = ModelCard.from_dict({"training": {"decoding": {"perturbation_response": tuned}}},
+                               defaults=gemma)
+    assert card.decoding("perturbation_response") == tuned
+    assert card.decoding("cell_type_generation") == {}
+    card.decoding("perturbation_response")["temperature"] = 2.0  # a copy, not the card's own
+    assert card.decoding("perturbation_response") == tuned
+    # The shipped kang model recommends the decoding chosen on its validation cell type.
+    shipped = Path(__file__).resolve().parents[1] / "assets/models/kang-perturbation/c2s.json"
+    kang = read_card_file(shipped).decoding("perturbation_response")
+    assert kang["do_sample"] is True and kang["contrast_weight"] > 0
+    assert 0 < kang["temperature"] <= 1
 
 
 def test_unknown_names():

@@ -68,9 +68,11 @@ def test_an_unnamed_perturbation_is_refused_before_any_work(webapp, conditions):
     assert "perturb" not in at.session_state[state.DATASET_KEY].adata.uns["c2s"]
 
 
-def test_perturbations_listed_on_the_model_card_are_offered(
+def test_perturbations_and_decoding_named_on_the_model_card_are_the_defaults(
         webapp, conditions, monkeypatch, build_checkpoint, tmp_path):
-    training = {"config": {"data": {"perturbation_names": {"stimulated": "IFN-beta"}}}}
+    training = {"config": {"data": {"perturbation_names": {"stimulated": "IFN-beta"}}},
+                "decoding": {"perturbation_response": {"temperature": 0.6,
+                                                       "contrast_weight": 1.0}}}
     folder = build_checkpoint(tmp_path / "kang", "gemma2", card={
         "base": "vandijklab/C2S-Scale-Gemma-2-2B", "context_length": 256, "top_k": 16,
         "tasks": ["perturbation_response"], "training": training})
@@ -83,6 +85,9 @@ def test_perturbations_listed_on_the_model_card_are_offered(
     assert "c2s_pt_text" not in [t.key for t in at.text_input]
     known.set_value("Other (type it)").run()
     assert at.text_input(key="c2s_pt_text").value == ""
+    # Decoding starts from the card's recommendation (the page's own defaults are 1.0, 0.75).
+    assert at.number_input(key="c2s_pt_temperature").value == 0.6
+    assert at.number_input(key="c2s_pt_contrast_weight").value == 1.0
 
 
 # --- page: happy path and refresh ---------------------------------------------------------------

@@ -120,8 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     p.add_argument("--contrast-weight", type=float, default=0.0, metavar="W",
                    help="contrastive guidance: sharpen what each answer owes to its own control "
-                        "against the same prompt holding another control (0: off; 0.75 was "
-                        "best for kang-perturbation on a validation cell type)")
+                        "against the same prompt holding another control (0: off; "
+                        "kang-perturbation's card recommends 1 with --temperature 0.6)")
     p.add_argument("--contrast-by", metavar="COL", default=None,
                    help="with --contrast-weight, contrast each control only with controls of "
                         "another value of this obs column (e.g. cell_type)")

@@ -55,7 +55,8 @@ class ModelCard:
     training
         How the checkpoint was made, for models trained with ``c2s train``: the command,
         data source, the exact split (held-out cell names or held-out values) and held-out
-        metrics, so anyone can re-score it. Empty for released checkpoints.
+        metrics, so anyone can re-score it; ``decoding`` may map a task to the decoding
+        settings recommended for it (:meth:`decoding`). Empty for released checkpoints.
     """
 
     name: str
@@ -73,6 +74,13 @@ class ModelCard:
     def supports(self, task: str) -> bool:
         """Whether the model was trained for ``task`` (``spatial_*`` covers every spatial task)."""
         return any(fnmatchcase(task, pattern) for pattern in self.tasks)
+
+    def decoding(self, task: str) -> dict[str, Any]:
+        """Decoding settings the card recommends for ``task`` (``training.decoding[task]``,
+        e.g. ``{"temperature": 0.6, "contrast_weight": 1.0}``, chosen on validation cells);
+        empty when it names none."""
+        found = self.training.get("decoding", {})
+        return dict(found.get(task, {})) if isinstance(found, dict) else {}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (str/int/lists only) that survives JSON and ``.h5ad`` round trips."""
