@@ -5,10 +5,9 @@ from the first model's ``c2s_run.json``; every model must hold out the same cell
 model, :func:`c2s_engine.training.evaluation.evaluate_perturbation` turns every control CD14+
 monocyte into a predicted IFN-beta-stimulated cell (answers sampled at temperature 1, the
 model's own distribution; the ``<name>_tuned`` rows sample with the decoding chosen on a
-validation cell type by ``tune_perturbation_decoding.py``: temperature ``--tuned-temperature``,
-contrastive guidance against control cells of the other six types, weight
-``--contrast-weight``, and the best of ``--candidates`` sampled answers by the model's reading
-of their cell type; the ``<name>_greedy`` rows decode greedily; reverse transform) and
+validation cell type by ``tune_perturbation_decoding.py``: temperature ``--tuned-temperature``
+and contrastive guidance against control cells of the other six types, weight
+``--contrast-weight``; the ``<name>_greedy`` rows decode greedily; reverse transform) and
 compares the predictions with the real held-out stimulated monocytes: MMD, scFID and
 Wasserstein in a PCA fitted on the real cells, and Pearson r of the mean expression change from
 control. The baseline, computed in the same call, adds to the same controls the mean change
@@ -48,9 +47,8 @@ CONDITION = "stimulated"
 METRICS = ("mmd", "scfid", "wasserstein")
 TEMPERATURE = 1.0  # sampling as trained: the compared populations keep their spread
 #: Chosen on the validation model's held-out FCGR3A+ monocytes, never on the test cells
-#: (benchmarks/results/kang_decoding_validation_contrast_temperature_5seeds.json, then
-#: kang_decoding_validation_candidates.json for the number of candidates).
-TUNED = {"temperature": 0.6, "contrast_weight": 1.0, "n_candidates": 8}
+#: (benchmarks/results/kang_decoding_validation_contrast_temperature_5seeds.json).
+TUNED = {"temperature": 0.6, "contrast_weight": 1.0}
 
 
 def plain(value):
@@ -142,7 +140,7 @@ def evaluate(models: dict[str, Path], data: Path, *, batch_size: int, seed: int,
     for name, folder in models.items():
         names = records[name].config.get("data", {}).get("perturbation_names", {})
         model = load_model(str(folder))
-        untuned = {"temperature": TEMPERATURE, "contrast_weight": 0.0, "n_candidates": 1}
+        untuned = {"temperature": TEMPERATURE, "contrast_weight": 0.0}
         rows = [(name, True, untuned), (f"{name}_tuned", True, tuned),
                 (f"{name}_greedy", False, untuned)]
         for row, do_sample, decoding_options in rows:
@@ -227,8 +225,6 @@ def main() -> None:
                         help="temperature of the <name>_tuned rows")
     parser.add_argument("--contrast-weight", type=float, default=TUNED["contrast_weight"],
                         help="contrastive guidance weight of the <name>_tuned rows")
-    parser.add_argument("--candidates", type=int, default=TUNED["n_candidates"],
-                        help="sampled answers per prediction of the <name>_tuned rows")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"
                                              / "kang_perturbation_heldout.json"))
     parser.add_argument("--no-update-card", dest="update_card", action="store_false")
@@ -240,8 +236,7 @@ def main() -> None:
 
     report = {"machine": {**machine(), "torch_threads": torch.get_num_threads()}}
     start = time.perf_counter()
-    tuned = {"temperature": args.tuned_temperature, "contrast_weight": args.contrast_weight,
-             "n_candidates": args.candidates}
+    tuned = {"temperature": args.tuned_temperature, "contrast_weight": args.contrast_weight}
     result = evaluate(models, Path(args.data), batch_size=args.batch_size, seed=args.seed,
                       tuned=tuned)
     report.update(result)

@@ -57,8 +57,8 @@ def rank_sum(table: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def tune(model_dir: Path, data: Path, *, validate: list[str], exclude: list[str],
-         temperatures: list[float], weights: list[float], candidates: list[int],
-         seeds: list[int], batch_size: int) -> dict:
+         temperatures: list[float], weights: list[float], seeds: list[int],
+         batch_size: int) -> dict:
     import numpy as np
 
     from c2s_engine.models import load_model
@@ -81,9 +81,8 @@ def tune(model_dir: Path, data: Path, *, validate: list[str], exclude: list[str]
     names = record.config.get("data", {}).get("perturbation_names", {})
     model = load_model(str(model_dir))
 
-    settings = {(f"T{t:g}" + (f"_w{w:g}" if w else "") + (f"_n{n}" if n > 1 else "")):
-                {"temperature": t, "contrast_weight": w, "n_candidates": n}
-                for t in temperatures for w in weights for n in candidates}
+    settings = {(f"T{t:g}" + (f"_w{w:g}" if w else "")): {"temperature": t, "contrast_weight": w}
+                for t in temperatures for w in weights}
     table, per_seed, baseline, timings = {}, {}, None, {}
     for name, setting in settings.items():
         start = time.perf_counter()
@@ -102,13 +101,12 @@ def tune(model_dir: Path, data: Path, *, validate: list[str], exclude: list[str]
 
     ranks = rank_sum(table)
     chosen = min(ranks, key=lambda n: (ranks[n], abs(settings[n]["temperature"] - 1.0),
-                                       settings[n]["contrast_weight"], settings[n]["n_candidates"]))
+                                       settings[n]["contrast_weight"]))
     return json.loads(json.dumps({
         "model": str(model_dir), "data": str(data), **SETTINGS, "condition": CONDITION,
         "validation_cell_types": validate, "removed_stimulated_cell_types": exclude,
         "n_validation_cells": int(scored.sum()), "seeds": seeds,
-        "grid": {"temperature": temperatures, "contrast_weight": weights,
-                 "n_candidates": candidates},
+        "grid": {"temperature": temperatures, "contrast_weight": weights},
         "table": table, "rank_sum": ranks, "baseline_mean_shift": baseline,
         "chosen": {"name": chosen, **settings[chosen]}, "per_seed": per_seed,
         "timings_s": timings,
@@ -129,9 +127,6 @@ def main() -> None:
     parser.add_argument("--contrast-weights", nargs="+", type=float, default=[0.0],
                         help="contrastive guidance weights (0: off) against controls of the "
                              "other cell types")
-    parser.add_argument("--candidates", nargs="+", type=int, default=[1],
-                        help="sampled answers per prediction, the one read most surely as the "
-                             "control's own cell type kept (1: plain)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"
@@ -144,8 +139,7 @@ def main() -> None:
     start = time.perf_counter()
     report.update(tune(Path(args.model), Path(args.data), validate=args.validate,
                        exclude=args.exclude, temperatures=args.temperatures,
-                       weights=args.contrast_weights, candidates=args.candidates,
-                       seeds=args.seeds,
+                       weights=args.contrast_weights, seeds=args.seeds,
                        batch_size=args.batch_size))
     report["wall_s"] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_end"] = list(os.getloadavg())

@@ -221,12 +221,6 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
             help="0 turns it off. The default is the model card's recommendation where it "
                  "gives one (kang-perturbation's was chosen on a cell type held out for "
                  "validation).")
-        n_candidates = c.number_input(
-            "Candidates per cell", 1, 32, int(recommended.get("n_candidates", 1)),
-            key="c2s_pt_candidates", disabled=contrast_by == NONE or not sample,
-            help="Sample this many answers per cell and keep the one the model itself reads "
-                 "most surely as the cell's own type (in the contrast column): a cytokine "
-                 "changes a cell's state, not its type. Takes this many times as long.")
     if not st.button("Predict perturbed cells", type="primary", disabled=running,
                      key="c2s_pt_run", icon=":material/play_arrow:"):
         return
@@ -248,8 +242,6 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
                 if source == BY_VALUE else ~adata.obs_names.isin(selection))
         options.update(contrast_weight=float(contrast_weight), contrast=pool,
                        contrast_key=contrast_by)
-    if contrast_by != NONE and sample and n_candidates > 1:
-        options.update(n_candidates=int(n_candidates), identity_key=contrast_by)
     label = str(perturbation).strip()
 
     def run(progress, cancel):

@@ -72,8 +72,7 @@ def test_perturbations_and_decoding_named_on_the_model_card_are_the_defaults(
         webapp, conditions, monkeypatch, build_checkpoint, tmp_path):
     training = {"config": {"data": {"perturbation_names": {"stimulated": "IFN-beta"}}},
                 "decoding": {"perturbation_response": {"temperature": 0.6,
-                                                       "contrast_weight": 1.0,
-                                                       "n_candidates": 8}}}
+                                                       "contrast_weight": 1.0}}}
     folder = build_checkpoint(tmp_path / "kang", "gemma2", card={
         "base": "vandijklab/C2S-Scale-Gemma-2-2B", "context_length": 256, "top_k": 16,
         "tasks": ["perturbation_response"], "training": training})
@@ -89,7 +88,6 @@ def test_perturbations_and_decoding_named_on_the_model_card_are_the_defaults(
     # Decoding starts from the card's recommendation (the page's own defaults are 1.0, 0.75).
     assert at.number_input(key="c2s_pt_temperature").value == 0.6
     assert at.number_input(key="c2s_pt_contrast_weight").value == 1.0
-    assert at.number_input(key="c2s_pt_candidates").value == 8
 
 
 # --- page: happy path and refresh ---------------------------------------------------------------
@@ -178,14 +176,12 @@ def test_contrast_with_another_cell_type_reaches_the_prediction(webapp, conditio
     at.number_input(key="c2s_pt_n").set_value(4)
     at.selectbox(key="c2s_pt_contrast_by").set_value("bulk_labels").run()
     assert at.number_input(key="c2s_pt_contrast_weight").value == 0.75
-    at.number_input(key="c2s_pt_candidates").set_value(2)
     at.button(key="c2s_pt_run").click().run()
     _finish_job(at)
     params = at.session_state[state.DATASET_KEY].adata.uns["c2s"]["perturb"]["params"]
     assert params["contrast_weight"] == 0.75 and params["contrast_key"] == "bulk_labels"
     assert params["n_contrast_cells"] == 16  # every control cell
-    assert params["n_cells"] == 4 and params["n_candidates"] == 2
-    assert params["identity_key"] == "bulk_labels"
+    assert params["n_cells"] == 4
 
 
 def test_results_of_an_earlier_dataset_are_not_shown(webapp, conditions, tmp_path):

@@ -138,8 +138,7 @@ def _candidates(adata: AnnData, labels: Sequence[str] | None,
     return candidates, source
 
 
-def annotation_prompts(template, organism: str, sentences: Sequence[str]) -> list[str]:
-    """The cell type prediction prompts of ``sentences`` (``template``: that task's)."""
+def _prompts(template, organism: str, sentences: Sequence[str]) -> list[str]:
     return [template.format_prompt(num_genes=len(s.split()), organism=organism, cell_sentence=s)
             for s in sentences]
 
@@ -272,7 +271,7 @@ def annotate(
     require_cells(sentences, "annotate")
     organism = organism_word(adata)
     template = get_template(TASK)
-    prompts = annotation_prompts(template, organism, sentences)
+    prompts = _prompts(template, organism, sentences)
     keys = obs_keys(key_added)
     for name in keys.values():  # no stale confidence may sit next to a new prediction
         if name in adata.obs:
@@ -295,7 +294,7 @@ def annotate(
     if mode in ("score", "both"):
         probabilities = np.zeros((len(prompts), len(candidates)))
         for order in range(tie_orders):
-            order_prompts = prompts if order == 0 else annotation_prompts(
+            order_prompts = prompts if order == 0 else _prompts(
                 template, organism, _tie_order_sentences(adata, top_k, order))
             loglik, stats = cached_scores(
                 loaded, order_prompts, candidates, task=TASK,

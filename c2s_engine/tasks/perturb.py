@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy.special import log_softmax
 
 from c2s_engine.errors import (
     ContextBudgetError,
@@ -25,18 +24,14 @@ from c2s_engine.inference import CancelLike, ProgressFn
 from c2s_engine.inference.batching import DEFAULT_BATCH_SIZE
 from c2s_engine.prompts import get_template
 from c2s_engine.reverse import fit_reverse, reconstruct
-from c2s_engine.tasks.annotate import TASK as ANNOTATE_TASK
-from c2s_engine.tasks.annotate import annotation_prompts
 from c2s_engine.tasks.neighborhoods import cell_positions
 from c2s_engine.tasks.runtime import (
     CacheLike,
     CallStats,
     ModelLike,
     cached_generate,
-    cached_scores,
     cell_sentences,
     check_task,
-    organism_word,
     provenance,
     record,
     resolve_model,
@@ -45,8 +40,6 @@ from c2s_engine.tasks.runtime import (
 TASK = "perturbation_response"
 #: Tokens allowed beyond the longest input cell when a generated cell's length is not given.
 ANSWER_SLACK_TOKENS = 8
-#: Seed offset between the sampled candidates of one prediction (far above the repeat rounds).
-CANDIDATE_SEED_STRIDE = 1_000_003
 
 
 def answer_tokens(model, prompts: Sequence[str], cells: Sequence[str],
@@ -96,7 +89,8 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
     """
     replicate = np.asarray(replicate if do_sample else np.zeros(len(prompts), int))
     answers: list[str] = [""] * len(prompts)
-    total: CallStats | None = None
+    total = CallStats()
+    batch_sizes = []
     for r in np.unique(replicate).tolist():
         rows = np.flatnonzero(replicate == r)
         contrast = None if contrast_prompts is None else [contrast_prompts[i] for i in rows]
@@ -106,7 +100,11 @@ def generate_rounds(model, prompts: Sequence[str], replicate: Sequence[int], *, 
                                      contrast_prompts=contrast, **options)
         for i, answer in zip(rows.tolist(), got, strict=True):
             answers[i] = template.stop.cut(answer)
-        total = stats if total is None else total.combined(stats)
+        total.n_items += stats.n_items
+        total.n_cached += stats.n_cached
+        total.seconds += stats.seconds
+        batch_sizes.append(stats.batch_size)
+    total.batch_size = min(batch_sizes)  # the smallest after any out-of-memory back-off
     return answers, total
 
 
@@ -214,27 +212,6 @@ def contrasting_sentences(adata: AnnData, drawn: np.ndarray, contrast: Any,
     return sentences[chosen].tolist(), int(pool.size)
 
 
-def own_label_log_probs(model, adata: AnnData, answers: Sequence[str], own: Sequence[str],
-                        labels: Sequence[str], *, batch_size: int, cache: CacheLike,
-                        progress: ProgressFn | None = None, cancel: CancelLike = None
-                        ) -> tuple[np.ndarray, CallStats]:
-    """log P(own label | answer) under the model's cell type prediction, over ``labels``.
-
-    Each answer (a generated cell sentence) is scored as cell type prediction prompts are,
-    and the log-softmax over ``labels`` of its own label is returned (-inf for an empty
-    answer).
-    """
-    template = get_template(ANNOTATE_TASK)
-    prompts = annotation_prompts(template, organism_word(adata), answers)
-    loglik, stats = cached_scores(
-        model, prompts, labels, task=ANNOTATE_TASK,
-        format_candidate=lambda label: template.format_response(cell_type=label),
-        batch_size=batch_size, progress=progress, cancel=cancel, cache=cache)
-    column = {label: j for j, label in enumerate(labels)}
-    out = log_softmax(loglik, axis=1)[np.arange(len(answers)), [column[o] for o in own]]
-    return np.where([bool(a) for a in answers], out, -np.inf), stats
-
-
 def predict_perturbation(
     adata: AnnData,
     perturbation: str,
@@ -254,9 +231,6 @@ def predict_perturbation(
     contrast_weight: float = 0.0,
     contrast: Any = None,
     contrast_key: str | None = None,
-    n_candidates: int = 1,
-    identity_key: str | None = None,
-    identity_labels: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
@@ -308,15 +282,6 @@ def predict_perturbation(
         ``contrast_key`` (an obs column, e.g. the cell type) a control is contrasted only
         with cells of another value. One contrasting cell is drawn per prediction with
         ``seed``. Decoding takes about twice as long.
-    n_candidates, identity_key, identity_labels
-        Sample ``n_candidates`` answers per prediction (sampling only) and keep the one the
-        model itself, asked to predict the cell type of each answer, gives the highest
-        probability of the control's own value of ``identity_key`` (an obs column of cell
-        types) among ``identity_labels`` (default: that column's values in ``adata``; pass
-        every cell type when ``adata`` holds the controls of one type only). A perturbation
-        such as a cytokine changes a cell's state, not its type, so this keeps the answers
-        that still read as the cell's type. Needs a model that also predicts cell types;
-        prediction takes about ``n_candidates`` times as long.
     batch_size, progress, cancel, cache, allow_unsupported
         As for every task (see :mod:`c2s_engine.tasks.runtime`).
 
@@ -337,8 +302,7 @@ def predict_perturbation(
         Provenance (:func:`~c2s_engine.tasks.runtime.provenance`) with params perturbation,
         n_cells, n_controls, n_unique_controls, n_empty_controls_skipped, control_key,
         control_value, do_sample, temperature, top_p, max_new_tokens, variant,
-        contrast_weight, contrast_key, n_contrast_cells, n_candidates, identity_key and
-        identity (the mean probability of the own cell type, first and kept candidates).
+        contrast_weight, contrast_key, n_contrast_cells.
     ``adata.uns['c2s']['reverse']``
         The reverse-transform fit, when it was not there yet.
 
@@ -359,15 +323,6 @@ def predict_perturbation(
     if not contrast_weight >= 0:
         raise TaskOptionError(f"contrast_weight {contrast_weight} is negative",
                               "use 0 (no contrast) or a positive weight, e.g. 0.75")
-    if int(n_candidates) < 1:
-        raise TaskOptionError(f"n_candidates {n_candidates} is below 1", "use 1 or more")
-    if int(n_candidates) > 1 and (not do_sample or identity_key is None):
-        raise TaskOptionError(
-            "several candidates per prediction need sampling and an identity column",
-            "pass do_sample=True and identity_key='<cell type column>', or n_candidates=1")
-    if identity_key is not None and identity_key not in adata.obs:
-        raise ObsColumnError(f"obs has no column {identity_key!r} of cell types to keep",
-                             f"use one of: {', '.join(map(str, adata.obs.columns)) or 'none'}")
     loaded = resolve_model(model)
     supported = check_task(loaded, TASK, allow_unsupported=allow_unsupported)
     top_k = int(top_k or loaded.card.top_k)
@@ -397,29 +352,12 @@ def predict_perturbation(
         contrast_prompts = [prompt(s) for s in inputs]
     max_new_tokens = answer_tokens(loaded, [*prompts, *(contrast_prompts or [])],
                                    [sentences[c] for c in drawn.tolist()], max_new_tokens)
-    candidates, stats = [], None
-    for j in range(int(n_candidates)):
-        answers, got = generate_rounds(
-            loaded, prompts, replicate_index(drawn), task=TASK, template=template,
-            seed=seed + CANDIDATE_SEED_STRIDE * j, do_sample=do_sample,
-            temperature=temperature, top_p=top_p, contrast_prompts=contrast_prompts,
-            contrast_weight=float(contrast_weight), max_new_tokens=max_new_tokens,
-            batch_size=batch_size, progress=progress, cancel=cancel, cache=cache)
-        candidates.append(answers)
-        stats = got if stats is None else stats.combined(got)
-    answers, identity = candidates[0], None
-    if int(n_candidates) > 1:
-        check_task(loaded, ANNOTATE_TASK, allow_unsupported=allow_unsupported)
-        types = adata.obs[identity_key].astype(str)
-        own = types.to_numpy()[drawn].tolist()
-        labels = sorted({*types.unique(), *map(str, identity_labels or ())})
-        scores = np.stack([own_label_log_probs(
-            loaded, adata, c, own, labels, batch_size=batch_size, cache=cache,
-            progress=progress, cancel=cancel)[0] for c in candidates])
-        best = scores.argmax(axis=0)
-        answers = [candidates[b][i] for i, b in enumerate(best.tolist())]
-        identity = {"mean_probability_first": float(np.exp(scores[0]).mean()),
-                    "mean_probability_kept": float(np.exp(scores.max(axis=0)).mean())}
+    answers, stats = generate_rounds(
+        loaded, prompts, replicate_index(drawn), task=TASK, template=template, seed=seed,
+        do_sample=do_sample, temperature=temperature, top_p=top_p,
+        contrast_prompts=contrast_prompts, contrast_weight=float(contrast_weight),
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+        cancel=cancel, cache=cache)
 
     ours = ("c2s_generated", "c2s_perturbation", "c2s_control_cell", "cell_sentence")
     inherited = label_columns(adata, exclude=(*ours, *([control_key] if control_key else [])))
@@ -442,9 +380,7 @@ def predict_perturbation(
                 "top_p": float(top_p), "max_new_tokens": int(max_new_tokens),
                 "variant": str(variant), "contrast_weight": float(contrast_weight),
                 "contrast_key": contrast_key if contrast_weight else None,
-                "n_contrast_cells": n_contrast, "n_candidates": int(n_candidates),
-                "identity_key": identity_key if int(n_candidates) > 1 else None,
-                "identity": identity})
+                "n_contrast_cells": n_contrast})
     record(adata, "perturb", prov)
     record(out, "perturb", prov)
     return out

@@ -144,12 +144,6 @@ class CallStats:
     def items_per_s(self) -> float:
         return self.n_items / self.seconds if self.seconds > 0 else 0.0
 
-    def combined(self, other: CallStats) -> CallStats:
-        """Totals of this call and ``other`` (the smaller batch size: the one left after any
-        out-of-memory back-off)."""
-        return CallStats(self.n_items + other.n_items, self.n_cached + other.n_cached,
-                         self.seconds + other.seconds, min(self.batch_size, other.batch_size))
-
     def to_dict(self) -> dict[str, Any]:
         return {"n_items": self.n_items, "n_cached": self.n_cached,
                 "seconds": round(self.seconds, 3), "batch_size": self.batch_size,

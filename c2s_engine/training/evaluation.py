@@ -315,8 +315,7 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
                           condition_key: str, control_value: str, names: Mapping[str, str],
                           perturbation: str | None, seed: int, batch_size: int,
                           do_sample: bool = True, temperature: float = 1.0,
-                          contrast_weight: float = 0.0, n_candidates: int = 1
-                          ) -> dict[str, Any]:
+                          contrast_weight: float = 0.0) -> dict[str, Any]:
     """MMD, scFID and Pearson r of the predicted response of the held-out perturbed cells.
 
     For each perturbed condition among the scored cells, the control cells of the same cell
@@ -328,9 +327,7 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
     the other, unscored cells. The perturbation is named ``perturbation`` in prompts, or else
     ``names[condition value]`` (the training config's ``perturbation_names``) or the value.
     With ``contrast_weight`` the answers are guided against the same prompts holding control
-    cells of the other, unscored cell types (``predict_perturbation(contrast=...)``); with
-    ``n_candidates > 1`` each prediction keeps, of that many sampled answers, the one the model
-    reads most surely as the control's own cell type (among all of ``label_key``'s values).
+    cells of the other, unscored cell types (``predict_perturbation(contrast=...)``).
     """
     from c2s_engine.metrics import mean_expression
     from c2s_engine.tasks.perturb import predict_perturbation
@@ -353,9 +350,7 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
             controls, word, model, seed=seed, batch_size=batch_size, do_sample=do_sample,
             temperature=temperature, contrast_weight=contrast_weight,
             contrast=adata[others].copy() if contrast_weight else None,
-            contrast_key=label_key if contrast_weight else None, n_candidates=n_candidates,
-            identity_key=label_key if n_candidates > 1 else None,
-            identity_labels=sorted(set(labels)))
+            contrast_key=label_key if contrast_weight else None)
         predicted.obs[label_key] = controls.obs[label_key].astype(str).to_numpy()
         real.obs[label_key] = real.obs[label_key].astype(str)
         train_pert = ~scored & (condition == value) & ~np.isin(labels, types)
@@ -373,8 +368,6 @@ def evaluate_perturbation(adata, scored: np.ndarray, model, *, label_key: str,
     decoding = f"sampled, temperature {temperature:g}" if do_sample else "greedy"
     if contrast_weight:
         decoding += f", contrast weight {contrast_weight:g} against other {label_key} controls"
-    if n_candidates > 1:
-        decoding += f", best of {n_candidates} by the model's reading of its own {label_key}"
     return {"label_key": label_key, "condition_key": condition_key,
             "control_value": control_value, "decoding": decoding, "conditions": results}
 
