@@ -238,8 +238,13 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
                "batch_size": int(batch_size)}
     if contrast_by != NONE and contrast_weight > 0:
         # Controls of every group, the restriction aside: the other types are the contrast.
-        pool = ((adata.obs[condition].astype(str) == control_value).to_numpy()
-                if source == BY_VALUE else ~adata.obs_names.isin(selection))
+        # Never real perturbed cells: contrasting with them would cancel the response itself.
+        if source == BY_VALUE:
+            pool = (adata.obs[condition].astype(str) == control_value).to_numpy()
+        elif real_value != NONE:
+            pool = (adata.obs[condition].astype(str) != real_value).to_numpy()
+        else:
+            pool = np.ones(adata.n_obs, dtype=bool)
         options.update(contrast_weight=float(contrast_weight), contrast=pool,
                        contrast_key=contrast_by)
     label = str(perturbation).strip()

@@ -184,8 +184,6 @@ def cached_generate(
     pair of a prompt and its contrasting prompt.
     """
     contrast = list(contrast_prompts) if contrast_prompts is not None and contrast_weight else None
-    if contrast is not None and len(contrast) != len(prompts):
-        raise ValueError(f"{len(contrast)} contrasting prompts for {len(prompts)} prompts")
     params = {"max_new_tokens": max_new_tokens, "stop": list(stop or []), "do_sample": do_sample,
               "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed,
               "precision": model.precision}
