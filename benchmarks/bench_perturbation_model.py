@@ -137,10 +137,10 @@ def evaluate(models: dict[str, Path], data: Path, *, batch_size: int, seed: int,
             raise SystemExit(f"{name} held out other cells than {next(iter(records))}")
 
     results, timings, decoding, baseline = {}, {}, {}, None
+    untuned = {"temperature": TEMPERATURE, "contrast_weight": 0.0}
     for name, folder in models.items():
         names = records[name].config.get("data", {}).get("perturbation_names", {})
         model = load_model(str(folder))
-        untuned = {"temperature": TEMPERATURE, "contrast_weight": 0.0}
         rows = [(name, True, untuned), (f"{name}_tuned", True, tuned),
                 (f"{name}_greedy", False, untuned)]
         for row, do_sample, decoding_options in rows:

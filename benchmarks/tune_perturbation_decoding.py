@@ -2,8 +2,8 @@
 
 The shipped model holds out the stimulated CD14+ monocytes; choosing its sampling temperature
 or contrastive guidance weight (``predict_perturbation(contrast_weight=...)``, against control
-cells of the other cell types) by its score on them would make that score optimistic. Instead a validation
-model (``configs/pretrain_kang_perturbation_validation.yaml``: the same recipe with the
+cells of the other cell types) by its score on them would make that score optimistic. Instead
+a validation model (``configs/pretrain_kang_perturbation_validation.yaml``: the same recipe with the
 stimulated FCGR3A+ monocytes held out as well) is decoded with every setting of a grid, and
 scored on its held-out FCGR3A+ monocytes exactly as the shipped model is scored on CD14+
 monocytes (:func:`c2s_engine.training.evaluation.evaluate_perturbation`). The stimulated

@@ -32,6 +32,7 @@ from c2s_engine.tasks.runtime import (
     cached_generate,
     cell_sentences,
     check_task,
+    ensure_ranks,
     provenance,
     record,
     resolve_model,
@@ -186,30 +187,35 @@ def contrasting_sentences(adata: AnnData, drawn: np.ndarray, contrast: Any,
     pool_data = contrast if isinstance(contrast, AnnData) else adata
     pool = (np.arange(pool_data.n_obs) if isinstance(contrast, AnnData)
             else cell_positions(adata, contrast))
-    sentences = np.asarray(cell_sentences(pool_data, top_k, pool), dtype=object)
-    usable = np.flatnonzero([bool(s) for s in sentences])
+    # Cells are drawn first and only the drawn ones written as sentences: a pool can be
+    # every control of a large dataset while a call predicts a few dozen cells.
+    usable = pool[ensure_ranks(pool_data, top_k)[pool, 0] >= 0]
     if usable.size == 0:
         raise SentenceError("no contrasting cell has an expressed gene",
                             "choose contrasting cells with nonzero expression")
     rng = np.random.default_rng([seed, 1])
     if contrast_key is None:
-        return sentences[rng.choice(usable, size=drawn.size)].tolist(), int(pool.size)
-    for data, what in ((adata, "the data"), (pool_data, "the contrasting cells")):
-        if contrast_key not in data.obs:
-            raise ObsColumnError(f"{what} have no obs column {contrast_key!r} to contrast by",
-                                 "name a column both hold, e.g. the cell type")
-    own = adata.obs[contrast_key].astype(str).to_numpy()[drawn]
-    values = pool_data.obs[contrast_key].astype(str).to_numpy()[pool][usable]
-    chosen = np.empty(drawn.size, dtype=np.int64)
-    for value in np.unique(own).tolist():
-        rows = own == value
-        candidates = usable[values != value]
-        if candidates.size == 0:
-            raise TaskOptionError(
-                f"no contrasting cell has a {contrast_key} other than {value!r}",
-                f"add cells of another {contrast_key} to the contrast, or contrast without a key")
-        chosen[rows] = rng.choice(candidates, size=int(rows.sum()))
-    return sentences[chosen].tolist(), int(pool.size)
+        chosen = rng.choice(usable, size=drawn.size)
+    else:
+        for data, what in ((adata, "the data"), (pool_data, "the contrasting cells")):
+            if contrast_key not in data.obs:
+                raise ObsColumnError(f"{what} have no obs column {contrast_key!r} to contrast by",
+                                     "name a column both hold, e.g. the cell type")
+        own = adata.obs[contrast_key].astype(str).to_numpy()[drawn]
+        values = pool_data.obs[contrast_key].astype(str).to_numpy()[usable]
+        chosen = np.empty(drawn.size, dtype=np.int64)
+        for value in np.unique(own).tolist():
+            rows = own == value
+            candidates = usable[values != value]
+            if candidates.size == 0:
+                raise TaskOptionError(
+                    f"no contrasting cell has a {contrast_key} other than {value!r}",
+                    f"add cells of another {contrast_key} to the contrast, or contrast without "
+                    "a key")
+            chosen[rows] = rng.choice(candidates, size=int(rows.sum()))
+    unique, back = np.unique(chosen, return_inverse=True)
+    sentences = np.asarray(cell_sentences(pool_data, top_k, unique), dtype=object)
+    return sentences[back].tolist(), int(pool.size)
 
 
 def predict_perturbation(

@@ -99,18 +99,26 @@ def organism_word(adata: AnnData, organism: str | None = None) -> str:
     return found if found in ("Homo sapiens", "Mus musculus") else "Homo sapiens"
 
 
-def cell_sentences(adata: AnnData, top_k: int, cells: Sequence[int] | None = None) -> list[str]:
-    """Sentences of ``cells`` (positions; all when None) with at most ``top_k`` genes.
-
-    Ranks in ``obsm['c2s_ranks']`` are reused when they hold at least ``top_k`` genes,
-    otherwise they are (re)computed; the data must have been prepared
-    (:func:`c2s_engine.pp.prepare`).
-    """
-    from c2s_engine.sentences import compute_sentences, get_sentences
+def ensure_ranks(adata: AnnData, top_k: int) -> np.ndarray:
+    """The gene ranks in ``obsm['c2s_ranks']`` (-1 padded), (re)computed when absent or
+    holding fewer than ``top_k`` genes; the data must have been prepared
+    (:func:`c2s_engine.pp.prepare`)."""
+    from c2s_engine.sentences import compute_sentences, stored_ranks
 
     have = adata.uns.get("c2s", {}).get("sentences", {})
     if "c2s_ranks" not in adata.obsm or int(have.get("top_k", 0)) < top_k:
         compute_sentences(adata, top_k=top_k)
+    return stored_ranks(adata)
+
+
+def cell_sentences(adata: AnnData, top_k: int, cells: Sequence[int] | None = None) -> list[str]:
+    """Sentences of ``cells`` (positions; all when None) with at most ``top_k`` genes.
+
+    Ranks are reused or (re)computed as :func:`ensure_ranks` says.
+    """
+    from c2s_engine.sentences import get_sentences
+
+    ensure_ranks(adata, top_k)
     index = None if cells is None else adata.obs_names[np.asarray(cells)]
     return get_sentences(adata, n_genes=top_k, cells=index)
 
