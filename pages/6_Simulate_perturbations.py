@@ -117,6 +117,14 @@ def _compare(work, control_mask: np.ndarray, real_mask: np.ndarray, predicted,
     return joint
 
 
+def _contrast_follows_restriction() -> None:
+    """Restricting to some cell types makes their column the contrast (Advanced settings):
+    the contrast widget exists from the first run, so its default alone would never follow."""
+    restrict = st.session_state.get("c2s_pt_restrict")
+    if restrict not in (None, ALL, st.session_state.get("c2s_pt_column")):
+        st.session_state["c2s_pt_contrast_by"] = restrict
+
+
 def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
     adata = dataset.adata
     columns = [c for c in label_columns(adata) if 2 <= adata.obs[c].nunique() <= 500]
@@ -151,6 +159,7 @@ def _settings(dataset: state.LoadedDataset, loaded, running: bool) -> None:
             help="When your data holds perturbed cells, the prediction is scored against them.")
     with right:
         restrict = st.selectbox("Only cells of", [ALL, *columns], key="c2s_pt_restrict",
+                                on_change=_contrast_follows_restriction,
                                 help="For example one cell type, in controls and real cells.")
         kept = []
         if restrict != ALL:

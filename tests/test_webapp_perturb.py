@@ -184,6 +184,15 @@ def test_contrast_with_another_cell_type_reaches_the_prediction(webapp, conditio
     assert params["n_cells"] == 4
 
 
+def test_restricting_to_some_cell_types_makes_their_column_the_contrast(webapp, conditions):
+    at = webapp.open(PAGE, dataset=conditions)
+    assert at.selectbox(key="c2s_pt_contrast_by").value == "(none)"
+    at.selectbox(key="c2s_pt_restrict").set_value("bulk_labels").run()
+    assert not at.exception
+    assert at.selectbox(key="c2s_pt_contrast_by").value == "bulk_labels"
+    assert not at.number_input(key="c2s_pt_contrast_weight").disabled
+
+
 def test_results_of_an_earlier_dataset_are_not_shown(webapp, conditions, tmp_path):
     predicted = ad.AnnData(np.zeros((2, 3), np.float32))
     predicted.uns["c2s"] = {"perturb": {"time": "2026-01-01T00:00:00+00:00"}}
