@@ -197,6 +197,8 @@ def update_model_files(model_dir: Path, result: dict, command: str) -> None:
         "data_source": "Kang et al. 2018 IFN-beta-stimulated PBMCs (GEO GSE96583), the scGen "
                        "'valid' split: ../shared/data/kang_pbmc_ifnb/kang_pbmc_ifnb.h5ad",
         "data": record.data,
+        # What the perturbation page offers as the perturbation's name (it was trained so).
+        "perturbation_names": record.config.get("data", {}).get("perturbation_names", {}),
         "split": {"method": split["method"], "held_out": split["held_out"],
                   "n_cells": split["n_cells"], "held_out_cells": split["test_cells"],
                   "notes": split["notes"]},

@@ -78,7 +78,10 @@ def test_recommended_decoding_comes_from_the_training_record():
     assert card.decoding("perturbation_response") == tuned
     # The shipped kang model recommends the decoding chosen on its validation cell type.
     shipped = Path(__file__).resolve().parents[1] / "assets/models/kang-perturbation/c2s.json"
-    kang = read_card_file(shipped).decoding("perturbation_response")
+    kang_card = read_card_file(shipped)
+    kang = kang_card.decoding("perturbation_response")
+    # ... and names the perturbation the way it was trained (the page offers that name).
+    assert kang_card.training["perturbation_names"] == {"stimulated": "IFN-beta"}
     assert kang["do_sample"] is True and kang["contrast_weight"] > 0
     assert 0 < kang["temperature"] <= 1
 
